@@ -1,0 +1,73 @@
+"""Build the NVLM-D model chunks for this rank: specs, init, freezing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+
+from nvlm_train.config.errors import ConfigError
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.model.init import initialize_parameters
+from nvlm_train.model.nvlm_d import NVLMDModel
+from nvlm_train.model.specs import resolve_impl
+from nvlm_train.model.transformer_config import (
+    Precision,
+    language_transformer_config,
+    padded_vision_heads,
+    padded_vocab_size,
+    vision_transformer_config,
+)
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    chunks: list[NVLMDModel]  # one per virtual pipeline stage (one without VPP)
+    impl: str
+    padded_vocab: int
+    padded_vision_heads: int
+
+
+def apply_freezing(chunk: NVLMDModel, model: ModelConfig) -> None:
+    """Frozen towers: requires_grad False, so they get neither gradients nor optimizer state."""
+    groups = {
+        "vision": chunk.vision_model,
+        "projector": chunk.projector,
+        "language": chunk.language_model,
+    }
+    for key, module in groups.items():
+        if module is not None and getattr(model.freeze, key):
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precision | None = None,
+                initialize: bool = True) -> BuiltModel:
+    """Model chunks for this rank (parallel state must be initialised)."""
+    model.validate()
+    precision = precision or Precision()
+    if parallel.sequence_parallel:
+        raise ConfigError("parallel.sequence_parallel is not supported yet for NVLM-D; set it to false")
+    impl = resolve_impl(model.impl)
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
+    vocab = padded_vocab_size(model.language.vocab_size, tp)
+    heads = padded_vision_heads(model, tp)
+    use_cpu_init = not torch.cuda.is_available()
+    vision_cfg = vision_transformer_config(model, parallel, precision, use_cpu_init)
+    lang_cfg = language_transformer_config(model, parallel, precision, use_cpu_init)
+    chunks = []
+    for vp_stage in range(vpp or 1):
+        stage = vp_stage if vpp else None
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
+        chunk = NVLMDModel(model, vision_cfg if pre else None, lang_cfg, impl, vocab, pre, post, stage)
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        if initialize:
+            initialize_parameters(chunk, model, vocab, heads)
+        apply_freezing(chunk, model)
+        chunks.append(chunk)
+    return BuiltModel(chunks, impl, vocab, heads)

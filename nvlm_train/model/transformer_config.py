@@ -1,0 +1,111 @@
+"""Map our typed model config onto megatron-core ``TransformerConfig``s (one per tower)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.config.parallel import ParallelConfig
+
+
+def padded_vision_heads(model: ModelConfig, tp: int) -> int:
+    """Heads after zero-padding to a multiple of lcm(TP, pad_heads_to_multiple_of)."""
+    multiple = math.lcm(tp, max(1, model.vision.pad_heads_to_multiple_of))
+    return math.ceil(model.vision.num_attention_heads / multiple) * multiple
+
+
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
+    """megatron pads the vocabulary to a multiple of 128 x TP; conversions strip it."""
+    step = multiple * tp
+    return math.ceil(vocab_size / step) * step
+
+
+@dataclass(frozen=True)
+class Precision:
+    params_dtype: torch.dtype = torch.float32
+    bf16: bool = False
+
+
+def _recompute(kind: str | None, num_layers: int) -> dict:
+    if kind is None:
+        return {}
+    if kind == "selective":
+        return {"recompute_granularity": "selective"}
+    return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": num_layers}
+
+
+def _common(parallel: ParallelConfig, precision: Precision, init_std: float, use_cpu_init: bool) -> dict:
+    return dict(
+        tensor_model_parallel_size=parallel.tp,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=precision.params_dtype,
+        bf16=precision.bf16,
+        pipeline_dtype=precision.params_dtype,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=init_std,
+        use_cpu_initialization=use_cpu_init,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+    )
+
+
+def vision_transformer_config(
+    model: ModelConfig, parallel: ParallelConfig, precision: Precision = Precision(), use_cpu_init: bool = True
+) -> TransformerConfig:
+    """InternViT block: never pipeline-split (the ViT lives on the first stage)."""
+    v = model.vision
+    heads = padded_vision_heads(model, parallel.tp)
+    return TransformerConfig(
+        num_layers=v.num_layers,
+        hidden_size=v.hidden_size,
+        num_attention_heads=heads,
+        num_query_groups=heads,
+        kv_channels=v.head_dim,
+        ffn_hidden_size=v.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=v.norm_eps,
+        add_bias_linear=True,
+        add_qkv_bias=False,
+        gated_linear_unit=False,
+        activation_func=F.gelu,
+        qk_layernorm=True,
+        pipeline_model_parallel_size=1,
+        **_recompute(model.recompute.vision, model.recompute.num_layers),
+        **_common(parallel, precision, model.init_std, use_cpu_init),
+    )
+
+
+def language_transformer_config(
+    model: ModelConfig, parallel: ParallelConfig, precision: Precision = Precision(), use_cpu_init: bool = True
+) -> TransformerConfig:
+    """Qwen2 decoder."""
+    lm = model.language
+    vpp = parallel.vpp if (parallel.vpp or 1) > 1 else None
+    return TransformerConfig(
+        num_layers=lm.num_layers,
+        hidden_size=lm.hidden_size,
+        num_attention_heads=lm.num_attention_heads,
+        num_query_groups=lm.num_query_groups,
+        kv_channels=lm.head_dim,
+        ffn_hidden_size=lm.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=lm.norm_eps,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=vpp,
+        **_recompute(model.recompute.language, model.recompute.num_layers),
+        **_common(parallel, precision, model.init_std, use_cpu_init),
+    )
