@@ -8,12 +8,14 @@ stages are plain Qwen2 decoder slices that receive hidden states from the previo
 from __future__ import annotations
 
 import torch
+from megatron.core.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.model.internvit import InternViT
 from nvlm_train.model.language import build_qwen2
+from nvlm_train.model.loss import token_cross_entropy
 from nvlm_train.model.packing import packed_causal_mask
 from nvlm_train.model.projector import Projector, pixel_shuffle_v2
 
@@ -58,6 +60,8 @@ class NVLMDModel(MegatronModule):
         vp_stage: int | None = None,
     ):
         super().__init__(config=language_config)
+        self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
+        self.vp_stage = vp_stage
         self.model_cfg = model
         self.pre_process = pre_process
         self.post_process = post_process
@@ -95,7 +99,10 @@ class NVLMDModel(MegatronModule):
         pixel_values: torch.Tensor | None = None,  # [tiles, 3, H, W]
         seq_boundaries: torch.Tensor | None = None,  # [b, n+1]
     ) -> torch.Tensor:
-        """Per-token loss [b, s] when ``labels`` is given (last stage), else hidden states."""
+        """Last stage: per-token loss [b, s] given ``labels``, else vocab-parallel logits [b, s, V/tp].
+
+        Other stages return hidden states [s, b, h] for the next stage.
+        """
         b, s = tokens.shape
         decoder_input = None
         if self.pre_process:
@@ -112,15 +119,14 @@ class NVLMDModel(MegatronModule):
         rope = self.language_model.rotary_pos_emb
         rope.position_ids = position_ids
         try:
-            return self.language_model(
-                input_ids=tokens,
-                position_ids=position_ids,
-                attention_mask=mask,
-                decoder_input=decoder_input,
-                labels=labels,
-            )
+            out = self.language_model(
+                input_ids=tokens, position_ids=position_ids, attention_mask=mask, decoder_input=decoder_input
+            )  # last stage: logits [b, s, V/tp]; otherwise hidden states [s, b, h]
         finally:
             rope.position_ids = None
+        if self.post_process and labels is not None:
+            return token_cross_entropy(out, labels, self.model_cfg.language.vocab_size)
+        return out
 
     def _project(self, vit_out: torch.Tensor) -> torch.Tensor:
         n, p, c = vit_out.shape

@@ -50,6 +50,8 @@ def _common(parallel: ParallelConfig, precision: Precision, init_std: float, use
         attention_dropout=0.0,
         init_method_std=init_std,
         use_cpu_initialization=use_cpu_init,
+        # Loss is summed per token and normalised by the global assistant-token count.
+        calculate_per_token_loss=True,
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,

@@ -1,0 +1,66 @@
+"""Hydra wiring: typed schemas in the ConfigStore, composition of ``configs/``, conversion to dataclasses.
+
+Every YAML under ``configs/`` is merged onto a dataclass schema, so a misspelt or mistyped key
+fails at composition time with Hydra's message naming the key. Code below the entry points only
+sees the dataclasses returned here, never a DictConfig.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.config.parallel import ParallelConfig
+
+
+def config_dir() -> Path:
+    """``configs/`` of this checkout (override with NVLM_CONFIG_DIR)."""
+    env = os.environ.get("NVLM_CONFIG_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
+    if not path.is_dir():
+        raise FileNotFoundError(f"config directory {path} not found; set NVLM_CONFIG_DIR to the repo's configs/")
+    return path
+
+
+@dataclass
+class SummaryConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+_registered = False
+
+
+def register_configs() -> None:
+    global _registered
+    if _registered:
+        return
+    cs = ConfigStore.instance()
+    cs.store(name="summary_schema", node=SummaryConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
+    _registered = True
+
+
+def compose_config(config_name: str, overrides: list[str] | None = None):
+    """Compose ``configs/<config_name>.yaml`` with Hydra overrides (no working-dir change)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def to_dataclass(node):
+    return OmegaConf.to_object(node)
+
+
+def load_model_config(name: str, overrides: list[str] | None = None) -> ModelConfig:
+    """``configs/model/<name>.yaml`` (plus ``model.*`` overrides) as a validated ModelConfig."""
+    cfg = compose_config("summary", [f"model={name}", *(overrides or [])])
+    model = to_dataclass(cfg.model)
+    model.validate()
+    return model

@@ -1,0 +1,43 @@
+"""The forward step megatron-core's pipeline schedules call for each micro-batch.
+
+Every pipeline stage reads the whole micro-batch (positions, masks and labels are needed on
+all stages; pixels only on the first). The loss function returns the masked SUM and the
+assistant-token count, so with ``calculate_per_token_loss`` the global loss is the mean over
+all assistant tokens of the global batch, whatever the micro-batching or DP layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import torch
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "seq_boundaries", "pixel_values")
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def masked_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
+    """-> (loss sum, token count, reported values) for megatron's schedules."""
+    mask = loss_mask.to(per_token_loss.dtype)
+    loss_sum = (per_token_loss * mask).sum()
+    num_tokens = mask.sum().to(torch.int)
+    report = torch.stack([loss_sum.detach(), mask.sum().detach()])
+    return loss_sum, num_tokens, {"lm loss": report}
+
+
+def forward_step(data_iterator: Iterator[dict], model):
+    batch = next(data_iterator)
+    device = next(model.parameters()).device
+    batch = to_device(batch, device)
+    output = model(
+        batch["tokens"],
+        batch["position_ids"],
+        labels=batch["labels"],
+        pixel_values=batch.get("pixel_values"),
+        seq_boundaries=batch.get("seq_boundaries"),
+    )
+    return output, partial(masked_loss, batch["loss_mask"])
