@@ -1,0 +1,234 @@
+"""Writing HF NVLM-D export directories: ``config.json`` builder, modeling-file copy, sharded safetensors.
+
+The exporter maps our training config onto :class:`NVLMDSpec` (plain numbers) and calls
+:func:`build_hf_config`; weights go through :func:`save_sharded_safetensors` under the key names of
+:func:`hf_param_shapes` (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import MODELING_FILES
+
+HF_DIR = Path(__file__).resolve().parent
+AUTO_MAP = {
+    "AutoConfig": "configuration_nvlm_d.NVLM_D_Config",
+    "AutoModel": "modeling_nvlm_d.NVLM_D_Model",
+    "AutoModelForCausalLM": "modeling_nvlm_d.NVLM_D_Model",
+}
+
+
+@dataclass
+class VisionSpec:
+    """InternViT numbers (defaults: InternViT-6B-448px-V1-5)."""
+
+    num_layers: int = 45
+    hidden_size: int = 3200
+    num_heads: int = 25
+    ffn_hidden_size: int = 12800
+    image_size: int = 448
+    patch_size: int = 14
+    norm_eps: float = 1e-6
+    norm_type: str = "rms_norm"
+    qk_norm: bool = True
+    qkv_bias: bool = False
+    layer_scale_init: float = 0.1
+    num_channels: int = 3
+
+
+@dataclass
+class LLMSpec:
+    """Qwen2 numbers (defaults: Qwen2-72B-Instruct). ``vocab_size`` without megatron padding."""
+
+    num_layers: int = 80
+    hidden_size: int = 8192
+    ffn_hidden_size: int = 29568
+    num_heads: int = 64
+    num_kv_heads: int = 8
+    vocab_size: int = 152064
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1000000.0
+    norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 151643
+    eos_token_id: int | None = 151645
+    initializer_range: float = 0.02
+
+
+@dataclass
+class NVLMDSpec:
+    """Everything ``config.json`` needs (defaults: NVLM-D-72B)."""
+
+    vision: VisionSpec = field(default_factory=VisionSpec)
+    llm: LLMSpec = field(default_factory=LLMSpec)
+    projector_ffn_hidden_size: int | None = None  # None: the LLM's ffn_hidden_size (29568 in 72B)
+    projector_norm_eps: float = 1e-5
+    downsample_ratio: float = 0.5
+    min_tiles: int = 1
+    max_tiles: int = 6
+    use_thumbnail: bool = True
+    dynamic_image_size: bool = True
+    template: str = "chatml"
+    system_message: str = ""
+    image_tag_type: str = "nvlm"
+    img_context_token: str = "<|vision_pad|>"
+    img_context_token_id: int | None = 151654  # Qwen2.5 tokenizer
+    dtype: str = "bfloat16"
+
+
+def build_hf_config(spec: NVLMDSpec) -> dict:
+    """The ``config.json`` dict of an HF NVLM-D export (nvidia/NVLM-D-72B layout + our extra fields)."""
+    v, m = spec.vision, spec.llm
+    if v.hidden_size % v.num_heads:
+        raise ValueError(f"vision hidden_size {v.hidden_size} not divisible by num_heads {v.num_heads}")
+    if m.hidden_size % m.num_heads or m.num_heads % m.num_kv_heads:
+        raise ValueError(f"LLM heads {m.num_heads}/{m.num_kv_heads} do not fit hidden_size {m.hidden_size}")
+    vision_config = {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "num_channels": v.num_channels,
+        "patch_size": v.patch_size,
+        "image_size": v.image_size,
+        "qkv_bias": v.qkv_bias,
+        "hidden_size": v.hidden_size,
+        "num_attention_heads": v.num_heads,
+        "intermediate_size": v.ffn_hidden_size,
+        "qk_normalization": v.qk_norm,
+        "num_hidden_layers": v.num_layers,
+        "use_flash_attn": False,
+        "hidden_act": "gelu",
+        "norm_type": v.norm_type,
+        "layer_norm_eps": v.norm_eps,
+        "dropout": 0.0,
+        "drop_path_rate": 0.0,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "initializer_factor": v.layer_scale_init,
+        "torch_dtype": spec.dtype,
+    }
+    llm_config = {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": m.vocab_size,
+        "hidden_size": m.hidden_size,
+        "intermediate_size": m.ffn_hidden_size,
+        "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_heads,
+        "num_key_value_heads": m.num_kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": m.max_position_embeddings,
+        "max_window_layers": m.num_layers,
+        "rms_norm_eps": m.norm_eps,
+        "rope_theta": m.rope_theta,
+        "rope_scaling": None,
+        "sliding_window": None,
+        "use_sliding_window": False,
+        "tie_word_embeddings": m.tie_word_embeddings,
+        "attention_dropout": 0.0,
+        "initializer_range": m.initializer_range,
+        "use_cache": True,
+        "bos_token_id": m.bos_token_id,
+        "eos_token_id": m.eos_token_id,
+        "torch_dtype": spec.dtype,
+    }
+    return {
+        "architectures": ["NVLM_D"],
+        "model_type": "NVLM_D",
+        "auto_map": dict(AUTO_MAP),
+        "vision_config": vision_config,
+        "llm_config": llm_config,
+        "downsample_ratio": spec.downsample_ratio,
+        "force_image_size": v.image_size,
+        "dynamic_image_size": spec.dynamic_image_size,
+        "use_thumbnail": spec.use_thumbnail,
+        "ps_version": "v2",
+        "select_layer": -1,
+        "template": spec.template,
+        "system_message": spec.system_message,
+        "min_dynamic_patch": spec.min_tiles,
+        "max_dynamic_patch": spec.max_tiles,
+        "image_tag_type": spec.image_tag_type,
+        "img_context_token": spec.img_context_token,
+        "img_context_token_id": spec.img_context_token_id,
+        "projector_intermediate_size": spec.projector_ffn_hidden_size or m.ffn_hidden_size,
+        "projector_layernorm_eps": spec.projector_norm_eps,
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "tie_word_embeddings": m.tie_word_embeddings,
+        "torch_dtype": spec.dtype,
+    }
+
+
+def nvlm_d_72b_spec() -> NVLMDSpec:
+    """The published NVLM-D-72B numbers (DESIGN.md section 1)."""
+    return NVLMDSpec()
+
+
+def copy_modeling_files(out_dir) -> list[Path]:
+    """Copy the standalone remote-code files into ``out_dir`` (created if needed); returns the new paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in MODELING_FILES:
+        copied.append(Path(shutil.copy2(HF_DIR / name, out / name)))
+    return copied
+
+
+def write_hf_config(out_dir, config: dict) -> Path:
+    path = Path(out_dir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def hf_param_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """``{hf key: shape}`` of every weight an export with this ``config.json`` dict must hold.
+
+    Builds the model on the meta device (no memory), so it works for 72B too.
+    """
+    import torch
+
+    from .configuration_nvlm_d import NVLM_D_Config
+    from .modeling_nvlm_d import NVLM_D_Model
+
+    cfg = NVLM_D_Config(**{k: v for k, v in config.items() if k not in ("auto_map", "architectures")})
+    with torch.device("meta"):
+        model = NVLM_D_Model(cfg)
+    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
+
+
+def save_sharded_safetensors(state_dict, out_dir, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
+    """Write ``model-0000i-of-0000n.safetensors`` shards + ``model.safetensors.index.json`` (HF layout).
+
+    Tensors are made contiguous and cloned where they share storage. Keys are written in sorted order.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards: list[dict] = [{}]
+    sizes = [0]
+    total = 0
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().contiguous().cpu()
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
+            shards.append({})
+            sizes.append(0)
+        shards[-1][key] = t.clone() if t.untyped_storage().nbytes() != nbytes else t
+        sizes[-1] += nbytes
+        total += nbytes
+    n = len(shards)
+    weight_map, paths = {}, []
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{n:05d}.safetensors"
+        save_file(shard, str(out / name), metadata={"format": "pt"})
+        paths.append(out / name)
+        weight_map.update({k: name for k in shard})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return paths
