@@ -1,0 +1,57 @@
+"""Bad configurations fail early with messages that name the key and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from nvlm_train.config.errors import ConfigError
+from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.config.store import load_model_config
+from nvlm_train.model.transformer_config import padded_vision_heads, padded_vocab_size
+
+
+def test_world_size_must_divide_by_tp_pp():
+    with pytest.raises(ConfigError, match=r"world size 6 is not divisible by parallel.tp x parallel.pp = 2 x 2"):
+        ParallelConfig(tp=2, pp=2).validate(world_size=6)
+    ParallelConfig(tp=2, pp=2).validate(world_size=8)
+    assert ParallelConfig(tp=2, pp=2).data_parallel_size(8) == 2
+
+
+def test_layers_must_divide_by_pipeline_stages():
+    with pytest.raises(ConfigError, match=r"num_layers=4 is not divisible by parallel.pp = 3"):
+        ParallelConfig(pp=3).validate(world_size=3, num_language_layers=4)
+    with pytest.raises(ConfigError, match=r"parallel.pp x parallel.vpp = 8"):
+        ParallelConfig(pp=2, vpp=4).validate(world_size=2, num_language_layers=4)
+    with pytest.raises(ConfigError, match=r"vpp > 1 needs parallel.pp >= 2"):
+        ParallelConfig(pp=1, vpp=2).validate(world_size=1)
+
+
+def test_model_config_errors():
+    tiny = load_model_config("nvlm_d_tiny")
+    bad = dataclasses.replace(tiny, language=dataclasses.replace(tiny.language, num_query_groups=3))
+    with pytest.raises(ConfigError, match="num_attention_heads=4 is not a multiple of .*num_query_groups=3"):
+        bad.validate()
+    bad = dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, image_size=100))
+    with pytest.raises(ConfigError, match="image_size=100 is not a multiple of .*patch_size=14"):
+        bad.validate()
+    bad = dataclasses.replace(tiny, impl="cuda")
+    with pytest.raises(ConfigError, match="model.impl='cuda'"):
+        bad.validate()
+    with pytest.raises(ConfigError, match="recompute.vision='sometimes'"):
+        load_model_config("nvlm_d_tiny", ["model.recompute.vision=sometimes"])
+
+
+def test_unknown_keys_are_rejected_by_the_schema():
+    with pytest.raises(Exception, match="model.vision.hidden"):
+        load_model_config("nvlm_d_tiny", ["model.vision.hidden=3"])
+
+
+def test_padding_rules():
+    tiny = load_model_config("nvlm_d_tiny")
+    assert [padded_vision_heads(tiny, tp) for tp in (1, 2, 4, 8)] == [5, 6, 8, 8]
+    big = load_model_config("nvlm_d_72b")
+    assert {padded_vision_heads(big, tp) for tp in (1, 2, 4, 8)} == {32}
+    assert padded_vocab_size(152064, 8) == 152576 and padded_vocab_size(1024, 2) == 1024
+    assert tiny.tokens_per_tile == 16 and big.tokens_per_tile == 256
