@@ -50,7 +50,9 @@ def test_unknown_keys_are_rejected_by_the_schema():
 
 def test_padding_rules():
     tiny = load_model_config("nvlm_d_tiny")
-    assert [padded_vision_heads(tiny, tp) for tp in (1, 2, 4, 8)] == [5, 6, 8, 8]
+    assert [padded_vision_heads(tiny, tp) for tp in (1, 2, 4, 8)] == [8, 8, 8, 8]
+    no_fixed = dataclasses.replace(tiny, vision=dataclasses.replace(tiny.vision, pad_heads_to_multiple_of=1))
+    assert [padded_vision_heads(no_fixed, tp) for tp in (1, 2, 3, 4)] == [5, 6, 6, 8]
     big = load_model_config("nvlm_d_72b")
     assert {padded_vision_heads(big, tp) for tp in (1, 2, 4, 8)} == {32}
     assert padded_vocab_size(152064, 8) == 152576 and padded_vocab_size(1024, 2) == 1024

@@ -1,8 +1,8 @@
 """Our megatron InternViT equals transformers' native InternVLVisionModel (not written by us).
 
 The reference is configured as InternViT-6B's layer type: RMSNorm, q/k RMSNorm over the full
-width, LayerScale, no qkv bias, no final norm. Checked at TP1 and at TP2, where the tiny model's
-5 heads are zero-padded to 6.
+width, LayerScale, no qkv bias, no final norm. Checked at TP1 (no padding) and at TP2, where the tiny
+model's 5 heads are zero-padded to 6 (TP-derived) or 8 (fixed multiple, the tiny config's default).
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import torch
 from tests.dist import run_ranks
 
 
-def vit_worker(rank, world, tp):
+def vit_worker(rank, world, tp, multiple):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.gather import gather_full
     from nvlm_train.parallel.initialize import initialize_distributed
 
-    model_cfg = load_model_config("nvlm_d_tiny", ["model.init_std=0.2"])  # larger weights: a sharper test
+    model_cfg = load_model_config(
+        "nvlm_d_tiny", ["model.init_std=0.2", f"model.vision.pad_heads_to_multiple_of={multiple}"])  # larger weights: a sharper test
     parallel = ParallelConfig(tp=tp)
     initialize_distributed(parallel, seed=3)
     built = build_model(model_cfg, parallel)
@@ -80,10 +81,10 @@ def _reference(params):
 
 
 @pytest.mark.multirank
-@pytest.mark.parametrize("tp", [1, 2])
-def test_internvit_matches_transformers(tp):
-    result = run_ranks(vit_worker, tp, tp)[0]
-    assert result["heads"] == (5 if tp == 1 else 6)
+@pytest.mark.parametrize("tp,multiple,padded", [(1, 1, 5), (2, 1, 6), (2, 8, 8)])
+def test_internvit_matches_transformers(tp, multiple, padded):
+    result = run_ranks(vit_worker, tp, tp, multiple)[0]
+    assert result["heads"] == padded
     ref = _reference(result["params"])
     with torch.no_grad():
         expected = ref(pixel_values=result["pixels"]).last_hidden_state[:, 1:]  # drop the class token
