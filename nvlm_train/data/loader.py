@@ -1,0 +1,335 @@
+"""The training data loader: recipe -> per-rank, exactly resumable stream of packed micro-batches.
+
+Data flow: ``order`` maps a rank's local sample index to (dataset, sample); ``SampleProcessor``
+reads, validates, tokenises and tiles that sample (in worker processes when ``num_workers > 0``,
+whole chunks of consecutive indices handed out round-robin, so results come back in order); the
+main process packs samples into rows and rows into batches. Packing happens in one place, so the
+batches do not depend on the number of workers, and the state is just the index of the first
+sample not yet in a yielded batch (plus the skip counters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nvlm_train.data import errors
+from nvlm_train.data.encode import EncodedSample, EncodeOptions, encode_conversation
+from nvlm_train.data.errors import RateLimitedWarner, SampleError
+from nvlm_train.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS
+from nvlm_train.data.order import BlendOrder, SequentialOrder, rank_position
+from nvlm_train.data.packing import collate, row_fits
+from nvlm_train.data.recipe import DatasetSpec, Recipe, load_recipe
+from nvlm_train.data.samples import parse_sample
+from nvlm_train.data.shards import ShardIndex, ShardReader, default_cache_dir, expand_paths, index_shard, materialize
+from nvlm_train.data.tokenizer import TextTokenizer, build_demo_tokenizer
+
+STATE_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    """Everything the loader needs. ``tokens_per_tile`` = (image_size / patch)^2 * downsample_ratio^2."""
+
+    recipe: str = "demo"  # a recipe name in data_recipes/ or a YAML path
+    data_root: str | None = None  # fills ${DATA_ROOT} in recipe paths
+    tokenizer_dir: str | None = None  # None: the demo tokenizer (built and cached on first use)
+    seq_length: int = 1024
+    micro_batch_size: int = 1
+    max_tiles: int = 12  # per sample; caps the recipe's per-dataset max_tiles (the smaller one wins)
+    image_size: int = 448
+    tokens_per_tile: int = 256
+    use_thumbnail: bool = True
+    packing: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    single_pass: bool = False  # one ordered pass over every sample, then StopIteration (eval, stats)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    cache_dir: str | None = None  # shard indexes and remote shard copies; default ~/.cache/nvlm_train/data
+    samples_per_chunk: int = 4  # unit of work handed to a worker
+    prefetch_factor: int = 2
+    worker_timeout_s: float = 600.0  # a worker silent this long is an error, not a hang
+
+    def __post_init__(self) -> None:
+        for name in ("seq_length", "micro_batch_size", "max_tiles", "image_size", "tokens_per_tile",
+                     "samples_per_chunk", "prefetch_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class Skip:
+    reason: str
+    shard: str
+    key: str
+    message: str = ""
+
+
+@dataclass
+class DatasetSource:
+    """One recipe dataset: its usable shards and a cumulative sample count for random access."""
+
+    spec: DatasetSpec
+    shards: list[ShardIndex]
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, i: int) -> tuple[ShardIndex, int]:
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self.shards[s], i - int(self.offsets[s])
+
+
+def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | None = None
+                 ) -> tuple[list[DatasetSource], Counter]:
+    """Index every shard of every dataset; shard problems are counted (and warned), never fatal here."""
+    problems: Counter = Counter()
+    sources = []
+    for spec in recipe.datasets:
+        shards = []
+        for url in expand_paths(list(spec.paths)):
+            try:
+                path = materialize(url, cache_dir)
+            except Exception as e:  # a remote shard that cannot be fetched is an unreadable shard
+                idx = ShardIndex(url, problem=errors.UNREADABLE_SHARD, message=f"{type(e).__name__}: {e}")
+            else:
+                idx = index_shard(path, cache_dir)
+            if idx.problem:
+                problems[idx.problem] += 1
+                if warner:
+                    warner.warn(idx.problem, url, "", idx.message)
+            if len(idx):
+                shards.append(idx)
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in shards])]).astype(np.int64)
+        sources.append(DatasetSource(spec, shards, offsets))
+    return sources, problems
+
+
+def _wanted(ext: str) -> bool:
+    """Members the pipeline reads; everything else (.pyd, .pickle, ...) is never even loaded."""
+    e = ext.lower()
+    if e in ("json", "txt") or e in IMAGE_EXTS:
+        return True
+    head, _, tail = e.partition(".")
+    return head.isdigit() and tail in IMAGE_EXTS
+
+
+class SampleProcessor:
+    """Local sample index -> ``EncodedSample`` or ``Skip``. Picklable; the same in every worker."""
+
+    def __init__(self, cfg: DataConfig, sources: list[DatasetSource], tokenizer_dir: str, dp_rank: int,
+                 dp_size: int):
+        self.cfg, self.sources, self.dp_rank, self.dp_size = cfg, sources, dp_rank, dp_size
+        self.tokenizer = TextTokenizer(tokenizer_dir)
+        sizes = [len(s) for s in sources]
+        if cfg.single_pass:
+            self.order = SequentialOrder(sizes)
+            total = len(self.order)
+            self.length: int | None = max(0, math.ceil((total - dp_rank) / dp_size))
+        else:
+            self.order = BlendOrder(sizes, [s.spec.weight for s in sources], cfg.seed)
+            self.length = None
+        self.encode_opts = [
+            EncodeOptions(seq_length=cfg.seq_length, tokens_per_tile=cfg.tokens_per_tile, image_size=cfg.image_size,
+                          max_tiles=min(s.spec.max_tiles or cfg.max_tiles, cfg.max_tiles),
+                          use_thumbnail=cfg.use_thumbnail,
+                          max_image_pixels=cfg.max_image_pixels)
+            for s in sources
+        ]
+        self.reader = ShardReader()
+
+    def locate(self, j: int) -> tuple[int, ShardIndex, int]:
+        d, i = self.order[rank_position(j, self.dp_rank, self.dp_size)]
+        shard, k = self.sources[d].locate(i)
+        return d, shard, k
+
+    def __call__(self, j: int) -> EncodedSample | Skip:
+        shard_path, key = "?", "?"
+        try:
+            d, shard, k = self.locate(j)
+            shard_path, key = shard.path, shard.keys[k]
+            members = {e: v for e, v in shard.members[k].items() if _wanted(e)}
+            try:
+                raw = self.reader.read(shard.path, members)
+            except OSError as e:
+                return Skip(errors.READ_ERROR, shard_path, key, str(e))
+            conv = parse_sample(raw, self.sources[d].spec.sample_options)
+            return encode_conversation(conv, self.tokenizer, self.encode_opts[d])
+        except SampleError as e:
+            return Skip(e.reason, shard_path, key, e.message)
+        except Exception as e:  # a bug or an unforeseen input: count it, never kill the run
+            return Skip(errors.INTERNAL_ERROR, shard_path, key, f"{type(e).__name__}: {e}")
+
+
+class _ChunkStream(torch.utils.data.IterableDataset):
+    """Chunks of consecutive local indices from ``start``; chunk c goes to worker c % num_workers."""
+
+    def __init__(self, processor: SampleProcessor, start: int, chunk: int):
+        self.processor, self.start, self.chunk = processor, start, chunk
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        end = self.processor.length
+        for c in itertools.count(w, nw):
+            lo = self.start + c * self.chunk
+            hi = lo + self.chunk if end is None else min(lo + self.chunk, end)
+            if lo >= hi:
+                return
+            yield [(j, self.processor(j)) for j in range(lo, hi)]
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+class MultimodalLoader:
+    """Iterator of micro-batches for one data-parallel rank (all TP/PP ranks of it pass the same dp_rank).
+
+    ``state_dict()`` after batch k, given to ``load_state_dict`` of a fresh loader with the same config,
+    makes its next batch equal batch k+1 of the uninterrupted run (any ``num_workers``).
+    """
+
+    def __init__(self, cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, recipe: Recipe | None = None):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} must be in [0, {dp_size})")
+        self.cfg, self.dp_rank, self.dp_size = cfg, dp_rank, dp_size
+        self.recipe = recipe if recipe is not None else load_recipe(cfg.recipe, cfg.data_root)
+        self.warner = RateLimitedWarner()
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        sources, self.shard_problems = index_recipe(self.recipe, cache, self.warner)
+        usable = [s for s in sources if len(s)]
+        for s in sources:
+            if not len(s):
+                self.warner.warn("empty_dataset", ",".join(s.spec.paths)[:200], "",
+                                 f"dataset {s.spec.name!r} has no readable samples; left out of the blend")
+        if not usable:
+            raise ValueError(f"recipe {self.recipe.source}: no readable samples in any dataset "
+                             f"(shard problems: {dict(self.shard_problems)}); check the paths and DATA_ROOT")
+        tok_dir = cfg.tokenizer_dir or str(build_demo_tokenizer())
+        self.processor = SampleProcessor(cfg, usable, tok_dir, dp_rank, dp_size)
+        self.tokenizer = self.processor.tokenizer
+        self._cursor = 0
+        self._sample_skips: Counter = Counter()
+        self._batches = 0
+        self._stream: Iterator | None = None
+        self._dl_iter = None
+        self._pending: tuple[int, EncodedSample] | None = None
+        self._next_j = 0
+
+    # -- state -------------------------------------------------------------------------------------
+    @property
+    def skipped(self) -> dict[str, int]:
+        """reason -> count: skipped samples in yielded batches so far plus shard-level problems."""
+        return dict(self._sample_skips + self.shard_problems)
+
+    def _fingerprint(self) -> dict:
+        c = asdict(self.cfg)
+        keep = ("seq_length", "micro_batch_size", "max_tiles", "image_size", "tokens_per_tile", "use_thumbnail",
+                "packing", "seed", "single_pass")
+        blend = [[s.spec.name, s.spec.weight, len(s)] for s in self.processor.sources]
+        return {k: c[k] for k in keep} | {"dp_rank": self.dp_rank, "dp_size": self.dp_size,
+                                           "recipe": self.recipe.name, "blend": blend}
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "cursor": self._cursor, "batches": self._batches,
+                "skipped": dict(self._sample_skips), "config": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data loader state version {state.get('version')} != {STATE_VERSION}")
+        mine = self._fingerprint()
+        diff = {k: (state["config"].get(k), v) for k, v in mine.items() if state["config"].get(k) != v}
+        if diff:
+            raise ValueError(f"data loader state was saved with a different configuration (saved, now): {diff}")
+        self.close()
+        self._cursor, self._batches = int(state["cursor"]), int(state["batches"])
+        self._sample_skips = Counter(state["skipped"])
+
+    # -- iteration ---------------------------------------------------------------------------------
+    def _open_stream(self) -> Iterator[tuple[int, EncodedSample | Skip]]:
+        ds = _ChunkStream(self.processor, self._cursor, self.cfg.samples_per_chunk)
+        if self.cfg.num_workers == 0:
+            chunks = iter(ds)
+        else:
+            dl = torch.utils.data.DataLoader(
+                ds, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
+                prefetch_factor=self.cfg.prefetch_factor, worker_init_fn=_worker_init,
+                timeout=self.cfg.worker_timeout_s)  # in-order delivery (the default) keeps chunk order
+            chunks = self._dl_iter = iter(dl)
+        self._next_j = self._cursor
+        return (item for chunk in chunks for item in chunk)
+
+    def _pull(self) -> tuple[int, EncodedSample] | None:
+        """Next usable sample (pending first); skips are counted as they are consumed."""
+        if self._pending is not None:
+            return self._pending
+        if self._stream is None:
+            self._stream = self._open_stream()
+        for j, res in self._stream:
+            self._next_j = j + 1
+            if isinstance(res, Skip):
+                self._sample_skips[res.reason] += 1
+                self.warner.warn(res.reason, res.shard, res.key, res.message)
+                continue
+            self._pending = (j, res)
+            return self._pending
+        return None
+
+    def __iter__(self) -> MultimodalLoader:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        rows: list[list[EncodedSample]] = []
+        for _ in range(cfg.micro_batch_size):
+            row: list[EncodedSample] = []
+            while (item := self._pull()) is not None and row_fits(row, item[1], cfg.seq_length, cfg.packing):
+                row.append(item[1])
+                self._pending = None
+            if not row:
+                break
+            rows.append(row)
+        if not rows:
+            raise StopIteration
+        rows += [[] for _ in range(cfg.micro_batch_size - len(rows))]  # only at the end of a single pass
+        batch = collate(rows, cfg.seq_length, cfg.tokens_per_tile, self.tokenizer.image_context_id,
+                        self.tokenizer.pad_id, cfg.image_size)
+        self._cursor = self._pending[0] if self._pending is not None else self._next_j
+        self._batches += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop workers and forget read-ahead; the next ``next()`` restarts from the saved cursor."""
+        self._stream = None
+        self._pending = None
+        if self._dl_iter is not None:
+            shutdown = getattr(self._dl_iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._dl_iter = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def build_loader(cfg: DataConfig, dp_rank: int = 0, dp_size: int = 1, recipe: Recipe | None = None
+                 ) -> MultimodalLoader:
+    """The trainer's entry point: one loader per data-parallel rank."""
+    return MultimodalLoader(cfg, dp_rank, dp_size, recipe)

@@ -1,0 +1,160 @@
+"""NVLM-D dynamic tiling (the model card's ``dynamic_preprocess``/``load_image``) without torchvision.
+
+Two routes produce the same numbers:
+
+* ``dynamic_preprocess``/``load_image``: the card's public API (PIL tiles, then a float tensor).
+* ``tile_image``: the training route. The same two PIL resizes, then tiles are sliced out of the
+  resized arrays and normalised in one vectorised pass instead of per-tile PIL crops and tensors.
+
+Normalisation does torchvision's ``ToTensor`` (``x / 255``) and ``Normalize`` (``(x - mean) / std``)
+float32 operations in the same order, so the values are bit-identical to the card's.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=64)
+def target_ratios(min_num: int, max_num: int) -> tuple[tuple[int, int], ...]:
+    """All (cols, rows) grids with min_num <= cols*rows <= max_num, ordered by tile count (stable)."""
+    grids = {
+        (i, j)
+        for n in range(min_num, max_num + 1)
+        for i in range(1, n + 1)
+        for j in range(1, n + 1)
+        if min_num <= i * j <= max_num
+    }
+    # Sorted exactly as the card does (a stable sort of the set by area): the order among grids of
+    # equal area is the set's iteration order, which is deterministic for tuples of small ints.
+    return tuple(sorted(grids, key=lambda r: r[0] * r[1]))
+
+
+def find_closest_aspect_ratio(
+    aspect_ratio: float, ratios: tuple[tuple[int, int], ...], width: int, height: int, image_size: int
+) -> tuple[int, int]:
+    """The grid whose aspect ratio is closest; on a tie the later (larger) grid if the image is big enough."""
+    best_diff = float("inf")
+    best = (1, 1)
+    area = width * height
+    for ratio in ratios:
+        diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if diff < best_diff:
+            best_diff = diff
+            best = ratio
+        elif diff == best_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+            best = ratio
+    return best
+
+
+def tile_grid(width: int, height: int, min_num: int = 1, max_num: int = 12, image_size: int = 448) -> tuple[int, int]:
+    """(cols, rows) the card would choose for an image of this size; needs no pixels."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image has no pixels: {width}x{height}")
+    return find_closest_aspect_ratio(width / height, target_ratios(min_num, max_num), width, height, image_size)
+
+
+def num_tiles(width: int, height: int, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True) -> int:
+    """How many tiles (thumbnail included) ``tile_image`` yields for an image of this size."""
+    cols, rows = tile_grid(width, height, 1, max_num, image_size)
+    blocks = cols * rows
+    return blocks + 1 if use_thumbnail and blocks != 1 else blocks
+
+
+def dynamic_preprocess(
+    image: Image.Image, min_num: int = 1, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = False
+) -> list[Image.Image]:
+    """The card's tiler: resize to the chosen grid, crop row-major, optionally append a thumbnail."""
+    cols, rows = tile_grid(image.size[0], image.size[1], min_num, max_num, image_size)
+    resized = image.resize((image_size * cols, image_size * rows))
+    tiles = []
+    for i in range(cols * rows):
+        x, y = (i % cols) * image_size, (i // cols) * image_size
+        tiles.append(resized.crop((x, y, x + image_size, y + image_size)))
+    if use_thumbnail and len(tiles) != 1:
+        tiles.append(image.resize((image_size, image_size)))
+    return tiles
+
+
+_MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
+_STD = np.asarray(IMAGENET_STD, dtype=np.float32).reshape(1, 3, 1, 1)
+
+
+def normalize_(out: np.ndarray) -> np.ndarray:
+    """In place on float32 [n, 3, H, W] holding 0..255: ``(x / 255 - mean) / std`` in float32.
+
+    The same IEEE float32 operations, in the same order, as torchvision's ToTensor + Normalize,
+    so results are bit-identical (tests check all 256 values of every channel).
+    """
+    np.divide(out, np.float32(255), out=out)
+    np.subtract(out, _MEAN, out=out)
+    np.divide(out, _STD, out=out)
+    return out
+
+
+def normalize_uint8(tiles: np.ndarray) -> torch.Tensor:
+    """uint8 [n, H, W, 3] -> float32 [n, 3, H, W] ImageNet-normalised (identical to ToTensor+Normalize)."""
+    out = np.empty((tiles.shape[0], 3, tiles.shape[1], tiles.shape[2]), dtype=np.float32)
+    np.copyto(out, tiles.transpose(0, 3, 1, 2), casting="unsafe")
+    return torch.from_numpy(normalize_(out))
+
+
+def _grid_and_thumb(image: Image.Image, max_num: int, image_size: int, use_thumbnail: bool):
+    s = image_size
+    cols, rows = tile_grid(image.size[0], image.size[1], 1, max_num, s)
+    grid = np.asarray(image.resize((s * cols, s * rows)))
+    thumb = np.asarray(image.resize((s, s))) if use_thumbnail and cols * rows != 1 else None
+    return cols, rows, grid, thumb
+
+
+def tile_image_uint8(
+    image: Image.Image, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
+) -> np.ndarray:
+    """The same tiles as ``dynamic_preprocess`` as one uint8 [n, S, S, 3] array (``image`` must be RGB)."""
+    s = image_size
+    cols, rows, grid, thumb = _grid_and_thumb(image, max_num, s, use_thumbnail)
+    blocks = cols * rows
+    out = np.empty((blocks + (thumb is not None), s, s, 3), dtype=np.uint8)
+    out[:blocks] = grid.reshape(rows, s, cols, s, 3).transpose(0, 2, 1, 3, 4).reshape(blocks, s, s, 3)
+    if thumb is not None:
+        out[blocks] = thumb
+    return out
+
+
+def tile_image(
+    image: Image.Image, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
+) -> torch.Tensor:
+    """Training route: float32 [n, 3, S, S] normalised tiles, equal to the card's ``load_image`` output.
+
+    The card's two PIL resizes (grid and thumbnail, same filter), then one strided copy from the
+    resized HWC arrays straight into the CHW float output and an in-place normalisation: no PIL
+    crops, no per-tile tensors. ``image`` must be RGB.
+    """
+    s = image_size
+    cols, rows, grid, thumb = _grid_and_thumb(image, max_num, s, use_thumbnail)
+    blocks = cols * rows
+    out = np.empty((blocks + (thumb is not None), 3, s, s), dtype=np.float32)
+    np.copyto(out[:blocks].reshape(rows, cols, 3, s, s), grid.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3),
+              casting="unsafe")
+    if thumb is not None:
+        np.copyto(out[blocks], thumb.transpose(2, 0, 1), casting="unsafe")
+    return torch.from_numpy(normalize_(out))
+
+
+def load_image(image: str | os.PathLike | Image.Image, input_size: int = 448, max_num: int = 12) -> torch.Tensor:
+    """The card's ``load_image`` (thumbnail on), accepting a path or a PIL image."""
+    if isinstance(image, (str, os.PathLike, Path)):
+        with Image.open(image) as img:
+            rgb = img.convert("RGB")
+    else:
+        rgb = image.convert("RGB") if image.mode != "RGB" else image
+    return tile_image(rgb, max_num=max_num, image_size=input_size, use_thumbnail=True)

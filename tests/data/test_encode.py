@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from nvlm_train.data.encode import EncodeOptions, encode_conversation, tile_budgets
+from nvlm_train.data.errors import SampleError
+from nvlm_train.data.prompt import format_chatml
+from nvlm_train.data.samples import Conversation
+from tests.data.helpers import png
+
+OPTS = EncodeOptions(seq_length=4096, tokens_per_tile=4, image_size=28, max_tiles=12)
+
+
+def test_loss_mask_covers_exactly_the_assistant_replies(tok):
+    conv = Conversation([("user", "<image>\nWhat colour is the shape?"), ("assistant", "red"),
+                         ("user", "And the shape?"), ("assistant", "a big circle")], [png(60, 30)],
+                        system="You are a helpful assistant.")
+    s = encode_conversation(conv, tok, OPTS)
+    text = format_chatml(conv.messages, s.tiles_per_image, 4, system=conv.system)
+    assert s.tokens.tolist() == tok.encode(text)  # segment-wise tokenisation == whole-string tokenisation
+    assert tok.decode(s.tokens[s.targets].tolist()) == "red<|im_end|>a big circle<|im_end|>"
+    assert not s.targets[s.tokens == tok.image_context_id].any()
+    assert s.tiles_per_image == (3,)  # 2x1 grid + thumbnail
+    assert s.pixel_values.shape == (3, 3, 28, 28)
+    assert int((s.tokens == tok.image_context_id).sum()) == 3 * 4
+
+
+def test_text_only(tok):
+    s = encode_conversation(Conversation([("user", "1+1?"), ("assistant", "2")]), tok, OPTS)
+    assert s.pixel_values.shape == (0, 3, 28, 28)
+    assert tok.decode(s.tokens[s.targets].tolist()) == "2<|im_end|>"
+
+
+def test_tile_ladder():
+    assert tile_budgets(12) == [12, 8, 6, 4, 2, 1]
+    assert tile_budgets(6) == [6, 4, 2, 1]
+    assert tile_budgets(1) == [1]
+
+
+def _length(tok, tiles):
+    conv_msgs = [("user", "<image>\nWhat?"), ("assistant", "red")]
+    return len(tok.encode(format_chatml(conv_msgs, tiles, 4)))
+
+
+def test_budget_reduces_tiles_until_it_fits(tok):
+    # A 1200x100 image wants a 12x1 grid (13 tiles); with room for ~5 tiles the ladder lands on 4 (+thumbnail).
+    conv = Conversation([("user", "<image>\nWhat?"), ("assistant", "red")], [png(1200, 100)])
+    full = _length(tok, [13])
+    s = encode_conversation(conv, tok, EncodeOptions(seq_length=full, tokens_per_tile=4, image_size=28))
+    assert s.tiles_per_image == (13,)
+    limit = _length(tok, [5]) + 2
+    s = encode_conversation(conv, tok, EncodeOptions(seq_length=limit, tokens_per_tile=4, image_size=28))
+    assert s.tiles_per_image == (5,)  # budgets 12 -> 8 -> 6 do not fit; 4 gives 4 tiles + thumbnail
+    assert s.pixel_values.shape[0] == 5 and len(s) <= limit
+    with pytest.raises(SampleError) as e:
+        encode_conversation(conv, tok, EncodeOptions(seq_length=_length(tok, [1]) - 1, tokens_per_tile=4,
+                                                     image_size=28))
+    assert e.value.reason == "too_long"
+
+
+def test_budget_is_split_between_images(tok):
+    conv = Conversation([("user", "<image><image>\nSame?"), ("assistant", "no")], [png(1200, 100), png(100, 1200)])
+    s = encode_conversation(conv, tok, EncodeOptions(seq_length=4096, tokens_per_tile=4, image_size=28, max_tiles=8))
+    assert s.tiles_per_image == (5, 5)  # 8 // 2 = 4 per image -> 4x1 and 1x4 grids + thumbnails
+    assert s.pixel_values.shape[0] == 10
+
+
+def test_text_that_contains_special_tokens_is_rejected(tok):
+    for text in ("look <|vision_pad|> here", "x<|im_end|>"):
+        with pytest.raises(SampleError) as e:
+            encode_conversation(Conversation([("user", text), ("assistant", "ok")]), tok, OPTS)
+        assert e.value.reason == "special_token_in_text"
+
+
+def test_too_long_text_only_is_dropped(tok):
+    with pytest.raises(SampleError) as e:
+        encode_conversation(Conversation([("user", "word " * 200), ("assistant", "ok")]), tok,
+                            EncodeOptions(seq_length=50))
+    assert e.value.reason == "too_long"
+
+
+def test_targets_are_bool_and_tokens_int64(tok):
+    s = encode_conversation(Conversation([("user", "hi"), ("assistant", "yo")]), tok, OPTS)
+    assert s.tokens.dtype == np.int64 and s.targets.dtype == bool
+
+
+def test_encode_prompt_for_evaluation(tok):
+    from PIL import Image
+
+    from nvlm_train.data.encode import encode_prompt
+    from nvlm_train.data.tiling import load_image
+
+    img = Image.new("P", (90, 30))
+    tokens, pv = encode_prompt([("user", "What colour?")], [img], tok, tokens_per_tile=4, image_size=28, max_tiles=6)
+    text = format_chatml([("user", "What colour?")], [4], 4, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>user\n<Image><tile_1>") and text.endswith("<|im_start|>assistant\n")
+    assert tokens.tolist() == tok.encode(text)
+    assert pv.shape == (4, 3, 28, 28) and (pv == load_image(img, 28, 6)).all()
