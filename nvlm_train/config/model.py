@@ -74,6 +74,9 @@ class LanguageConfig:
     max_position_embeddings: int = 32768
     # Id of the image-context token (`<|vision_pad|>` in the Qwen2.5 tokenizer).
     image_token_id: int = 151654
+    # megatron pads the vocabulary; padding to a multiple of this (and of TP) keeps the padded
+    # size, hence checkpoint shapes, the same at TP 1/2/4/8. Conversions strip the padding.
+    vocab_pad_multiple: int = 1024
 
     @property
     def head_dim(self) -> int:

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.config.train import DataSection, TrainConfig
 
 
 def config_dir() -> Path:
@@ -42,6 +43,8 @@ def register_configs() -> None:
         return
     cs = ConfigStore.instance()
     cs.store(name="summary_schema", node=SummaryConfig)
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="data", name="data_schema", node=DataSection)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
     _registered = True

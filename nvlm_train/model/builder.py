@@ -53,7 +53,7 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
     impl = resolve_impl(model.impl)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
-    vocab = padded_vocab_size(model.language.vocab_size, tp)
+    vocab = padded_vocab_size(model.language.vocab_size, tp, model.language.vocab_pad_multiple)
     heads = padded_vision_heads(model, tp)
     use_cpu_init = not torch.cuda.is_available()
     vision_cfg = vision_transformer_config(model, parallel, precision, use_cpu_init)

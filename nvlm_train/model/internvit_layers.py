@@ -77,10 +77,12 @@ class FullWidthQKRMSNorm(MegatronModule):
         return make_sharded_tensors_for_checkpoint(state_dict, prefix, {"weight": 0}, sharded_offsets)
 
 
-class _LayerScale(torch.nn.Module):
-    def __init__(self, hidden_size: int, init: float, dtype):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.full((hidden_size,), init, dtype=dtype))
+class _LayerScale(MegatronModule):
+    """A per-channel scale, replicated over TP (checkpointed as a replicated tensor)."""
+
+    def __init__(self, config, init: float):
+        super().__init__(config=config)
+        self.weight = torch.nn.Parameter(torch.full((config.hidden_size,), init, dtype=config.params_dtype))
 
     def forward(self, out, bias):
         return out * self.weight, (bias * self.weight if bias is not None else None)
@@ -89,7 +91,7 @@ class _LayerScale(torch.nn.Module):
 class LayerScaledSelfAttention(SelfAttention):
     def __init__(self, *args, layerscale_init: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.layer_scale = _LayerScale(self.config.hidden_size, layerscale_init, self.config.params_dtype)
+        self.layer_scale = _LayerScale(self.config, layerscale_init)
 
     def forward(self, *args, **kwargs):
         out, bias = super().forward(*args, **kwargs)
@@ -99,7 +101,7 @@ class LayerScaledSelfAttention(SelfAttention):
 class LayerScaledMLP(MLP):
     def __init__(self, *args, layerscale_init: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.layer_scale = _LayerScale(self.config.hidden_size, layerscale_init, self.config.params_dtype)
+        self.layer_scale = _LayerScale(self.config, layerscale_init)
 
     def forward(self, *args, **kwargs):
         out, bias = super().forward(*args, **kwargs)

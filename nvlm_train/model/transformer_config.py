@@ -19,9 +19,9 @@ def padded_vision_heads(model: ModelConfig, tp: int) -> int:
     return math.ceil(model.vision.num_attention_heads / multiple) * multiple
 
 
-def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
-    """megatron pads the vocabulary to a multiple of 128 x TP; conversions strip it."""
-    step = multiple * tp
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 1024) -> int:
+    """Vocabulary padded to a multiple of lcm(multiple, TP); conversions strip the padding."""
+    step = math.lcm(max(1, multiple), tp)
     return math.ceil(vocab_size / step) * step
 
 

@@ -1,0 +1,131 @@
+"""Typed configuration of a training run (the ``nvlm-train`` Hydra app).
+
+Each knob lives in exactly one place: sequence length and batch sizes in ``train``, tiles and
+data sources in ``data``, what is frozen in ``model.freeze``; the loader's own config is derived
+from these (``nvlm_train.training.data``), never set separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nvlm_train.config.errors import ConfigError
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.config.parallel import ParallelConfig
+
+
+@dataclass
+class TrainSection:
+    iters: int = 100
+    micro_batch_size: int = 1
+    global_batch_size: int = 8
+    seq_length: int = 1024
+    log_interval: int = 1
+    save_interval: int = 0  # 0: only at the end and on SIGTERM/SIGUSR1
+    eval_interval: int = 0  # 0: never
+    eval_iters: int = 4  # micro-batches per DP rank in one validation pass
+    seed: int = 1234
+    max_nonfinite_in_a_row: int = 5  # abort after this many skipped steps in a row
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "bf16" / "fp32"
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_iters: int = 0
+    decay_style: str = "cosine"  # cosine | linear | constant
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 10.0
+    use_distributed_optimizer: bool = False
+
+
+@dataclass
+class CheckpointSection:
+    keep_last: int = 3  # older iter_* folders are deleted after a successful save
+    # Start a stage from these weights (a checkpoints/ folder, an iter_* folder, or a converted HF
+    # checkpoint): model weights only, fresh optimizer, schedule and data position.
+    init_from: str | None = None
+    # Restart the data stream instead of restoring its position (e.g. after changing DP size).
+    reset_data: bool = False
+
+
+@dataclass
+class RunSection:
+    dir: str = "runs/default"
+    name: str | None = None
+    wandb_mode: str = "offline"  # offline (default; `wandb sync` later) | online | disabled
+    wandb_project: str = "nvlm_train"
+
+
+@dataclass
+class DataSection:
+    recipe: str = "demo"  # a recipe name in data_recipes/ or a YAML path
+    eval_recipe: str | None = None  # held-out data for validation loss
+    data_root: str | None = None  # fills ${DATA_ROOT} in recipe paths
+    tokenizer_dir: str | None = None  # None: the demo tokenizer
+    max_tiles: int = 6
+    packing: bool = True
+    num_workers: int = 0
+    cache_dir: str | None = None
+    build_demo: bool = False  # build the synthetic demo shards into the cache on first use
+    demo_train_samples: int = 2000
+    demo_heldout_samples: int = 200
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    stage: str = "custom"
+
+    def validate(self, world_size: int) -> None:
+        """Everything that can be checked before the model is built."""
+        self.model.validate()
+        self.parallel.validate(world_size, self.model.language.num_layers)
+        t = self.train
+        dp = self.parallel.data_parallel_size(world_size)
+        for key in ("iters", "micro_batch_size", "global_batch_size", "seq_length", "log_interval"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
+        if t.global_batch_size % (t.micro_batch_size * dp):
+            raise ConfigError(
+                f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size x "
+                f"data-parallel size = {t.micro_batch_size} x {dp}; use a multiple of {t.micro_batch_size * dp}"
+            )
+        largest_image = self.model.tokens_per_tile * self.data.max_tiles
+        if largest_image > t.seq_length:
+            raise ConfigError(
+                f"train.seq_length={t.seq_length} cannot hold one image at data.max_tiles={self.data.max_tiles} "
+                f"({largest_image} image tokens at {self.model.tokens_per_tile} per tile); raise train.seq_length "
+                f"or lower data.max_tiles"
+            )
+        if self.model.language.max_position_embeddings < t.seq_length:
+            raise ConfigError(
+                f"train.seq_length={t.seq_length} exceeds model.language.max_position_embeddings="
+                f"{self.model.language.max_position_embeddings}"
+            )
+        if t.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision={t.precision!r}: use auto, bf16 or fp32")
+        if self.optimizer.decay_style not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"optimizer.decay_style={self.optimizer.decay_style!r}: use cosine, linear or constant")
+        if self.optimizer.warmup_iters >= t.iters and self.optimizer.warmup_iters > 0:
+            raise ConfigError(
+                f"optimizer.warmup_iters={self.optimizer.warmup_iters} must be < train.iters={t.iters}"
+            )
+        if self.run.wandb_mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"run.wandb_mode={self.run.wandb_mode!r}: use offline, online or disabled")
+        if self.checkpoint.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1")
+
+    def num_microbatches(self, world_size: int) -> int:
+        dp = self.parallel.data_parallel_size(world_size)
+        return self.train.global_batch_size // (self.train.micro_batch_size * dp)

@@ -1,0 +1,209 @@
+"""Distributed checkpoints (megatron-core ``dist_checkpointing``) with exact resume.
+
+Layout::
+
+    <run.dir>/checkpoints/latest_checkpointed_iteration.txt   # "8"
+    <run.dir>/checkpoints/iter_0000008/                        # one dist checkpoint
+
+A checkpoint holds the model chunks, the optimizer, the LR schedule, every rank's RNG states,
+every data-parallel rank's loader position, the iteration and the resolved config. Tensors are
+saved with their global (full-model) coordinates, so loading at another TP/PP reshards.
+
+Safety: a save is written to ``iter_N.tmp``, renamed to ``iter_N`` only once complete, and the
+tracker file is replaced atomically afterwards. A crash or kill mid-save leaves the previous
+checkpoint and tracker untouched; stale ``*.tmp`` folders are removed by the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used as asked; the message says why and what to do."""
+
+
+def iteration_dir(root: Path, iteration: int) -> Path:
+    return root / f"iter_{iteration:07d}"
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int]:
+    """A ``checkpoints/`` folder (its latest) or one ``iter_*`` folder -> (folder, iteration)."""
+    path = Path(path)
+    if (path / TRACKER).is_file():
+        iteration = int((path / TRACKER).read_text().strip())
+        folder = iteration_dir(path, iteration)
+    elif path.name.startswith("iter_") and path.is_dir():
+        folder, iteration = path, int(path.name.split("_", 1)[1])
+    else:
+        raise CheckpointError(
+            f"{path} is neither a checkpoints/ folder (with {TRACKER}) nor an iter_* checkpoint folder"
+        )
+    if not (folder / "metadata.json").is_file():
+        raise CheckpointError(f"checkpoint {folder} is missing or incomplete (no metadata.json)")
+    return folder, iteration
+
+
+def latest_iteration(root: Path) -> int | None:
+    tracker = root / TRACKER
+    if not tracker.is_file():
+        return None
+    return int(tracker.read_text().strip())
+
+
+# -- RNG -----------------------------------------------------------------------------------------------
+def _rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _per_rank_object(key: str, obj, dp_replica: bool) -> ShardedObject:
+    """One object per (pp, tp) rank, replicated over DP; or one per DP rank, replicated over TP/PP."""
+    pp, tp = parallel_state.get_pipeline_model_parallel_rank(), parallel_state.get_tensor_model_parallel_rank()
+    pp_n = parallel_state.get_pipeline_model_parallel_world_size()
+    tp_n = parallel_state.get_tensor_model_parallel_world_size()
+    dp, dp_n = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    if dp_replica:
+        return ShardedObject(key, obj, (pp_n, tp_n, dp_n), (pp, tp, dp), replica_id=0)
+    return ShardedObject(key, obj, (dp_n,), (dp,), replica_id=pp * tp_n + tp)
+
+
+# -- state dicts ----------------------------------------------------------------------------------------
+@dataclass
+class TrainingState:
+    iteration: int = 0
+    consumed_samples: int = 0
+    skipped_steps: int = 0
+
+
+def _unwrap(chunk):
+    """The model inside a DDP wrapper (checkpoint keys never carry the wrapper's prefix)."""
+    return getattr(chunk, "module", chunk)
+
+
+def _model_key(i: int, n: int) -> str:
+    return "model" if n == 1 else f"model{i}"
+
+
+def _sharded_state(chunks, optimizer, scheduler, loader_state, state: TrainingState, config_yaml: str,
+                   is_loading: bool, weights_only: bool = False) -> dict:
+    sd: dict = {}
+    for i, chunk in enumerate(chunks):
+        sd[_model_key(i, len(chunks))] = _unwrap(chunk).sharded_state_dict()
+    if weights_only:
+        return sd
+    model_sd = {k: v for k, v in sd.items() if k.startswith("model")}
+    if optimizer is not None:
+        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+    sd["rng"] = _per_rank_object("rng_state", _rng_state(), dp_replica=True)
+    sd["data"] = _per_rank_object("data_state", loader_state, dp_replica=False)
+    sd["scheduler"] = scheduler.state_dict() if scheduler is not None else None
+    sd["train_state"] = vars(state).copy()
+    sd["config"] = config_yaml
+    return sd
+
+
+def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict, state: TrainingState,
+                    config_yaml: str, keep_last: int) -> Path:
+    """Collective. Write ``iter_<state.iteration>`` beside the others, publish it, prune old ones."""
+    root = Path(root)
+    final = iteration_dir(root, state.iteration)
+    tmp = final.with_name(final.name + ".tmp")
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("iter_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    sd = _sharded_state(chunks, optimizer, scheduler, loader_state, state, config_yaml, is_loading=False)
+    dist_checkpointing.save(sd, str(tmp))
+    dist.barrier()
+    if rank0:
+        if final.exists():  # re-saving the same iteration (e.g. SIGTERM right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tracker_tmp = root / (TRACKER + ".tmp")
+        tracker_tmp.write_text(f"{state.iteration}\n")
+        os.replace(tracker_tmp, root / TRACKER)
+        _prune(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    done = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in done[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_saved_config(folder: Path) -> str:
+    """The resolved config (YAML text) stored in a checkpoint, without loading any tensor."""
+    common = dist_checkpointing.load_common_state_dict(str(folder))
+    return common.get("config", "")
+
+
+def check_architecture(saved_model: dict, current_model: dict) -> None:
+    """Fail with the differing keys when a checkpoint was made for another architecture."""
+    shape_keys = ("vision", "projector", "language")
+    diffs = []
+    for section in shape_keys:
+        saved, now = saved_model.get(section, {}), current_model.get(section, {})
+        for key in sorted(set(saved) | set(now)):
+            if key in ("image_token_id",):
+                continue
+            if saved.get(key) != now.get(key):
+                diffs.append(f"model.{section}.{key}: checkpoint {saved.get(key)!r}, config {now.get(key)!r}")
+    if diffs:
+        raise CheckpointError("checkpoint architecture does not match the config:\n  " + "\n  ".join(diffs))
+
+
+def load_checkpoint(folder: Path, chunks, optimizer=None, scheduler=None, weights_only: bool = False
+                    ) -> tuple[TrainingState, dict | None]:
+    """Collective. Restore into the given objects; returns (training state, this DP rank's data state)."""
+    folder = Path(folder)
+    # Tensors are matched by their global keys, not by the container names, so the chunk layout
+    # (PP, VPP) of the saving run does not matter.
+    sd = _sharded_state(chunks, optimizer, scheduler, {}, TrainingState(), "", is_loading=True,
+                        weights_only=weights_only)
+    loaded = dist_checkpointing.load(sd, str(folder))
+    for i, chunk in enumerate(chunks):
+        _unwrap(chunk).load_state_dict(loaded[_model_key(i, len(chunks))], strict=True)
+    if weights_only:
+        return TrainingState(), None
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if scheduler is not None and loaded.get("scheduler") is not None:
+        scheduler.load_state_dict(loaded["scheduler"])
+    _set_rng_state(loaded["rng"])
+    state = TrainingState(**loaded["train_state"])
+    return state, loaded["data"]
+

@@ -1,0 +1,301 @@
+"""The training loop: megatron-core schedules, DDP, optimizer, checkpoints, metrics, preemption.
+
+Data flow per iteration: every rank reads the micro-batches of its data-parallel rank (all TP
+and PP ranks of one DP replica read identical batches), megatron's 1F1B schedule (interleaved
+with ``parallel.vpp``) runs forward/backward, ``finalize_model_grads`` reduces gradients over DP
+and divides them by the global assistant-token count, the optimizer clips and steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from nvlm_train.config.errors import ConfigError
+from nvlm_train.config.train import TrainConfig
+from nvlm_train.model.builder import build_model
+from nvlm_train.model.flops import model_flops
+from nvlm_train.model.transformer_config import Precision
+from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
+from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
+from nvlm_train.parallel.launch_env import read_launch_env
+from nvlm_train.training import checkpoint as ckpt
+from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
+from nvlm_train.training.forward_step import forward_step
+from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu
+from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, wrap_ddp
+from nvlm_train.training.signals import PreemptionFlag
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+def _all_reduce(values: list[float], group=None, op=dist.ReduceOp.SUM) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=op, group=group)
+    return t.cpu().tolist()
+
+
+def _global_loss(reports: list[dict]) -> tuple[float, float]:
+    """(loss sum, token count) of the global batch, on every rank."""
+    local = [0.0, 0.0]
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and reports:
+        s = torch.stack([r["lm loss"] for r in reports]).sum(0)
+        local = [float(s[0]), float(s[1])]
+    local = _all_reduce(local, parallel_state.get_pipeline_model_parallel_group())
+    return tuple(_all_reduce(local, parallel_state.get_data_parallel_group()))  # type: ignore[return-value]
+
+
+def _grads_finite(chunks) -> bool:
+    ok = 1.0
+    for chunk in chunks:
+        for p in chunk.parameters():
+            g = getattr(p, "main_grad", None)
+            if g is not None and not torch.isfinite(g).all():
+                ok = 0.0
+                break
+    return _all_reduce([ok], op=dist.ReduceOp.MIN)[0] > 0
+
+
+def _precision(cfg: TrainConfig) -> Precision:
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
+    return Precision(params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16)
+
+
+def _saved_model_section(folder: Path) -> dict:
+    text = ckpt.read_saved_config(folder)
+    return (yaml.safe_load(text) or {}).get("model", {}) if text else {}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, config_yaml: str, on_cpu: bool):
+        self.cfg, self.config_yaml, self.on_cpu = cfg, config_yaml, on_cpu
+        self.run_dir = Path(cfg.run.dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.world = dist.get_world_size()
+        self.rank0 = dist.get_rank() == 0
+        self.num_micro = cfg.num_microbatches(self.world)
+        self.precision = _precision(cfg)
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+
+        data_root = cfg.data.data_root
+        if cfg.data.build_demo:
+            data_root = str(ensure_demo_data(cfg))
+        self.data_root = data_root
+        self.loader = train_loader(cfg, data_root, self.dp_rank, self.dp_size)
+
+        built = build_model(cfg.model, cfg.parallel, self.precision)
+        self.built = built
+        self.chunks = wrap_ddp(built.chunks, cfg, on_gpu=not on_cpu)
+        self.optimizer, self.scheduler = build_optimizer(self.chunks, cfg, self.precision.bf16)
+        configure_schedule_hooks(self.chunks, self.optimizer)
+        self.state = ckpt.TrainingState()
+        self._restore()
+        if self.rank0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(config_yaml)
+        self.metrics = MetricsWriter(self.run_dir, self.rank0, cfg.run.wandb_mode, cfg.run.wandb_project,
+                                     cfg.run.name, yaml.safe_load(config_yaml))
+        self.peak = peak_tflops_per_gpu()
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _check_arch(self, folder: Path) -> None:
+        saved = _saved_model_section(folder)
+        if saved:
+            ckpt.check_architecture(saved, asdict(self.cfg.model))
+
+    def _restore(self) -> None:
+        latest = ckpt.latest_iteration(self.ckpt_root)
+        if latest is not None:
+            folder = ckpt.iteration_dir(self.ckpt_root, latest)
+            self._check_arch(folder)
+            self.state, data_state = ckpt.load_checkpoint(folder, self.chunks, self.optimizer, self.scheduler)
+            if data_state and not self.cfg.checkpoint.reset_data:
+                try:
+                    self.loader.load_state_dict(data_state)
+                except ValueError as exc:
+                    raise ckpt.CheckpointError(
+                        f"{exc}; set checkpoint.reset_data=true to restart the data stream instead"
+                    ) from exc
+            self._say(f"resumed from {folder} at iteration {self.state.iteration}")
+        elif self.cfg.checkpoint.init_from:
+            folder, _ = ckpt.resolve_checkpoint(self.cfg.checkpoint.init_from)
+            self._check_arch(folder)
+            ckpt.load_checkpoint(folder, self.chunks, weights_only=True)
+            self._say(f"initialised model weights from {folder}")
+
+    def save(self) -> Path:
+        folder = ckpt.save_checkpoint(self.ckpt_root, self.chunks, self.optimizer, self.scheduler,
+                                      self.loader.state_dict(), self.state, self.config_yaml,
+                                      self.cfg.checkpoint.keep_last)
+        self._say(f"saved checkpoint {folder}")
+        return folder
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def _run_schedule(self, batches: list[dict], forward_only: bool) -> list[dict]:
+        iterators = [iter(batches) for _ in self.chunks] if len(self.chunks) > 1 else iter(batches)
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iterators,
+            model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
+            num_microbatches=len(batches),
+            seq_length=self.cfg.train.seq_length,
+            micro_batch_size=self.cfg.train.micro_batch_size,
+            forward_only=forward_only,
+        )
+
+    def train_step(self) -> dict:
+        batches = [next(self.loader) for _ in range(self.num_micro)]
+        for chunk in self.chunks:
+            chunk.train()
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        reports = self._run_schedule(batches, forward_only=False)
+        loss_sum, tokens = _global_loss(reports)
+        loss = loss_sum / max(tokens, 1.0)
+        finite = math.isfinite(loss) and _grads_finite(self.chunks)
+        grad_norm = None
+        if finite:
+            ok, grad_norm, _ = self.optimizer.step()
+            finite = ok and grad_norm is not None and math.isfinite(grad_norm)
+        if finite:
+            self.scheduler.step(increment=1)
+            self.state.skipped_steps = 0
+        else:
+            self.optimizer.zero_grad()
+            self.state.skipped_steps += 1
+            self._say(f"iteration {self.state.iteration + 1}: non-finite loss or gradient, step skipped "
+                      f"({self.state.skipped_steps} in a row)")
+            if self.state.skipped_steps >= self.cfg.train.max_nonfinite_in_a_row:
+                raise NonFiniteError(
+                    f"{self.state.skipped_steps} consecutive steps had a non-finite loss or gradient norm; "
+                    f"lower optimizer.lr, check the data, or resume from an earlier checkpoint"
+                )
+        samples = sum(int(b["num_samples"].sum()) if "num_samples" in b else b["tokens"].shape[0] for b in batches)
+        tiles = sum(int(b["pixel_values"].shape[0]) for b in batches)
+        rows = sum(int(b["tokens"].shape[0]) for b in batches)
+        samples, tiles, rows = _all_reduce([samples, tiles, rows], parallel_state.get_data_parallel_group())
+        self.state.iteration += 1
+        self.state.consumed_samples += int(samples)
+        return {"loss": loss, "grad_norm": grad_norm, "tiles": tiles, "rows": rows, "finite": finite}
+
+    def evaluate(self) -> float | None:
+        loader = eval_loader(self.cfg, self.data_root, self.dp_rank, self.dp_size)
+        if loader is None:
+            return None
+        batches = []
+        for _ in range(self.cfg.train.eval_iters):
+            try:
+                batches.append(next(loader))
+            except StopIteration:
+                break
+        loader.close()
+        for chunk in self.chunks:
+            chunk.eval()
+        with torch.no_grad():
+            reports = self._run_schedule(batches, forward_only=True) if batches else []
+        loss_sum, tokens = _global_loss(reports)
+        return loss_sum / max(tokens, 1.0)
+
+    # -- loop ----------------------------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if self.rank0:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _record(self, step: dict, dt: float) -> dict:
+        t = self.cfg.train
+        tokens = step["rows"] * t.seq_length
+        flops = model_flops(self.cfg.model, int(tokens), int(step["tiles"]), t.seq_length)
+        tflops = flops / dt / self.world / 1e12
+        return {
+            "iteration": self.state.iteration,
+            "loss": step["loss"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": step["grad_norm"],
+            "tokens_per_s": tokens / dt,
+            "tflops_per_gpu": tflops,
+            "mfu": (tflops / self.peak) if self.peak else None,
+            "memory_gb": memory_gb(),
+            "step_time_s": dt,
+            "consumed_samples": self.state.consumed_samples,
+            "skipped_samples": self.loader.skipped,
+            "skipped_steps": self.state.skipped_steps,
+        }
+
+    def run(self) -> int:
+        cfg = self.cfg.train
+        preempt = PreemptionFlag().install()
+        layout = f"TP{self.cfg.parallel.tp} PP{self.cfg.parallel.pp} DP{self.dp_size}"
+        self._say(f"training {self.cfg.model.name} ({layout}, {'bf16' if self.precision.bf16 else 'fp32'}, "
+                  f"{self.num_micro} micro-batches/step) from iteration {self.state.iteration} to {cfg.iters}")
+        saved_at = self.state.iteration if ckpt.latest_iteration(self.ckpt_root) is not None else None
+        try:
+            timer = StepTimer()
+            while self.state.iteration < cfg.iters:
+                step = self.train_step()
+                dt = timer.lap()
+                it = self.state.iteration
+                record = None
+                if it % cfg.log_interval == 0 or it == cfg.iters:
+                    record = self._record(step, dt)
+                if cfg.eval_interval and it % cfg.eval_interval == 0:
+                    record = record or self._record(step, dt)
+                    record["val_loss"] = self.evaluate()
+                if record is not None:
+                    self.metrics.log(record)
+                    self.metrics.console(record)
+                if cfg.save_interval and it % cfg.save_interval == 0:
+                    self.save()
+                    saved_at = it
+                if preempt.agreed():
+                    self._say(f"preemption signal received: saving at iteration {it} and exiting")
+                    if saved_at != it:
+                        self.save()
+                    return 0
+                timer.lap()  # exclude logging/eval/save time from the next step's timing
+            if saved_at != self.state.iteration:
+                self.save()
+            return 0
+        finally:
+            preempt.uninstall()
+            self.loader.close()
+            self.metrics.close()
+
+
+def run_training(cfg: TrainConfig, config_yaml: str) -> int:
+    """Validate, initialise the distributed runtime, train, tear down. Returns the exit code."""
+    env = read_launch_env()
+    try:
+        cfg.validate(env.world_size)
+    except ConfigError as exc:
+        if env.rank == 0:  # every rank finds the same error; say it once
+            print(f"nvlm-train: configuration error: {exc}", file=sys.stderr)
+        return 2
+    with maybe_cpu_runtime() as on_cpu:
+        initialize_distributed(cfg.parallel, seed=cfg.train.seed,
+                               num_language_layers=cfg.model.language.num_layers, env=env)
+        try:
+            trainer = Trainer(cfg, config_yaml, on_cpu)
+            return trainer.run()
+        except (ConfigError, ckpt.CheckpointError, NonFiniteError) as exc:
+            print(f"nvlm-train: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            destroy_distributed()
+
+
+def dump_resolved(cfg_dict: dict) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(cfg_dict)), sort_keys=False)

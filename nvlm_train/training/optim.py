@@ -1,0 +1,76 @@
+"""megatron-core DDP wrappers, optimizer (Adam, optional distributed) and LR schedule."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from nvlm_train.config.train import TrainConfig
+
+
+def wrap_ddp(chunks, cfg: TrainConfig, on_gpu: bool) -> list[DistributedDataParallel]:
+    """Gradient buffers for the trainable parameters only (frozen towers get none)."""
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=on_gpu,
+        use_distributed_optimizer=cfg.optimizer.use_distributed_optimizer,
+        bucket_size=None if on_gpu else 10**9,
+    )
+    wrapped = []
+    for i, chunk in enumerate(chunks):
+        wrapped.append(
+            DistributedDataParallel(
+                config=chunk.config, ddp_config=ddp_config, module=chunk,
+                # Only the first chunk buckets; later chunks' grads are ready first in the backward.
+                disable_bucketing=i > 0,
+            )
+        )
+    return wrapped
+
+
+def build_optimizer(ddp_chunks, cfg: TrainConfig, bf16: bool):
+    o = cfg.optimizer
+    opt_cfg = OptimizerConfig(
+        optimizer="adam",
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2,
+        adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=o.use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(opt_cfg, ddp_chunks)
+    decay_iters = max(1, cfg.train.iters - o.warmup_iters) + o.warmup_iters
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if o.warmup_iters else o.lr,
+        max_lr=o.lr,
+        min_lr=o.min_lr if o.decay_style != "constant" else o.lr,
+        lr_warmup_steps=o.warmup_iters,
+        lr_decay_steps=decay_iters,
+        lr_decay_style=o.decay_style,
+        start_wd=o.weight_decay,
+        end_wd=o.weight_decay,
+        wd_incr_steps=decay_iters,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=True,
+        override_opt_param_scheduler=False,
+    )
+    return optimizer, scheduler
+
+
+def configure_schedule_hooks(ddp_chunks, optimizer) -> None:
+    """What megatron's pipeline schedules call around forward/backward: grad sync and scaling."""
+    config = ddp_chunks[0].module.config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+    no_sync = [c.no_sync for c in ddp_chunks]
+    config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+    if len(ddp_chunks) > 1:
+        config.grad_sync_func = [c.start_grad_sync for c in ddp_chunks]
