@@ -55,5 +55,6 @@ def test_padding_rules():
     assert [padded_vision_heads(no_fixed, tp) for tp in (1, 2, 3, 4)] == [5, 6, 6, 8]
     big = load_model_config("nvlm_d_72b")
     assert {padded_vision_heads(big, tp) for tp in (1, 2, 4, 8)} == {32}
-    assert padded_vocab_size(152064, 8) == 152576 and padded_vocab_size(1024, 2) == 1024
+    assert {padded_vocab_size(152064, tp) for tp in (1, 2, 4, 8)} == {152576}
+    assert padded_vocab_size(1024, 2) == 1024 and padded_vocab_size(1000, 3, 128) == 1152
     assert tiny.tokens_per_tile == 16 and big.tokens_per_tile == 256
