@@ -62,6 +62,8 @@ class NVLMDModel(MegatronModule):
         super().__init__(config=language_config)
         self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
         self.vp_stage = vp_stage
+        # Qwen2's output layer is untied; megatron's grad finalisation asks the top module.
+        self.share_embeddings_and_output_weights = False
         self.model_cfg = model
         self.pre_process = pre_process
         self.post_process = post_process

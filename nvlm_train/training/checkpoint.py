@@ -146,6 +146,7 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
     dist.barrier()
     sd = _sharded_state(chunks, optimizer, scheduler, loader_state, state, config_yaml, is_loading=False)
     dist_checkpointing.save(sd, str(tmp))
+    _fault_injection_point("after_write")
     dist.barrier()
     if rank0:
         if final.exists():  # re-saving the same iteration (e.g. SIGTERM right after a periodic save)
@@ -157,6 +158,12 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
         _prune(root, keep_last)
     dist.barrier()
     return final
+
+
+def _fault_injection_point(name: str) -> None:
+    """Tests set NVLM_FAULT_INJECT=<name> to hard-kill a save at this point (never set in real runs)."""
+    if os.environ.get("NVLM_FAULT_INJECT") == name:
+        os._exit(9)
 
 
 def _prune(root: Path, keep_last: int) -> None:

@@ -1,0 +1,64 @@
+"""Shared fixtures: the synthetic demo data (built once per session) and a training launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_TRAIN, DEMO_HELDOUT, SEED = 240, 24, 1234
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """A data cache holding the demo shards the trainer expects for these sizes and seed."""
+    from nvlm_train.data.synth import write_synthetic_shards
+
+    cache = tmp_path_factory.mktemp("nvlm_cache")
+    root = cache / f"demo-{DEMO_TRAIN}-{DEMO_HELDOUT}-seed{SEED}"
+    write_synthetic_shards(root, DEMO_TRAIN, DEMO_HELDOUT, seed=SEED)
+    (root / ".complete").write_text("ok\n")
+    return cache
+
+
+def base_overrides(cache: Path, run_dir: Path, iters: int = 4) -> list[str]:
+    return [
+        "experiment=demo", f"run.dir={run_dir}", "run.wandb_mode=disabled", f"data.cache_dir={cache}",
+        f"data.demo_train_samples={DEMO_TRAIN}", f"data.demo_heldout_samples={DEMO_HELDOUT}",
+        f"train.seed={SEED}", f"train.iters={iters}", "train.log_interval=1", "train.eval_interval=0",
+        "train.save_interval=0", "optimizer.warmup_iters=1", "train.micro_batch_size=2",
+        "train.global_batch_size=4", "train.seq_length=192",
+    ]
+
+
+def train_command(nproc: int, overrides: list[str]) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "-m", "nvlm_train.train", *overrides]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "nvlm_train.train", *overrides]
+
+
+def run_train(nproc: int, overrides: list[str], timeout: float = 300, env: dict | None = None
+              ) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(train_command(nproc, overrides), capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=full_env)
+
+
+def start_train(nproc: int, overrides: list[str], env: dict | None = None) -> subprocess.Popen:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(train_command(nproc, overrides), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=REPO, env=full_env, start_new_session=True)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["iteration"]] = rec["loss"]
+    return out
