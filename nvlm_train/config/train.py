@@ -26,6 +26,7 @@ class TrainSection:
     eval_iters: int = 4  # micro-batches per DP rank in one validation pass
     seed: int = 1234
     max_nonfinite_in_a_row: int = 5  # abort after this many skipped steps in a row
+    exit_interval: int = 0  # >0: save and exit 0 when the iteration is a multiple (time-sliced jobs)
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "bf16" / "fp32"
 
 

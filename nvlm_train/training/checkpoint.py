@@ -113,8 +113,14 @@ def _model_key(i: int, n: int) -> str:
     return "model" if n == 1 else f"model{i}"
 
 
+def _layout() -> list[int]:
+    return [parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_data_parallel_world_size()]
+
+
 def _sharded_state(chunks, optimizer, scheduler, loader_state, state: TrainingState, config_yaml: str,
-                   is_loading: bool, weights_only: bool = False) -> dict:
+                   is_loading: bool, weights_only: bool = False, rng: bool = True, data: bool = True) -> dict:
     sd: dict = {}
     for i, chunk in enumerate(chunks):
         sd[_model_key(i, len(chunks))] = _unwrap(chunk).sharded_state_dict()
@@ -123,11 +129,14 @@ def _sharded_state(chunks, optimizer, scheduler, loader_state, state: TrainingSt
     model_sd = {k: v for k, v in sd.items() if k.startswith("model")}
     if optimizer is not None:
         sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
-    sd["rng"] = _per_rank_object("rng_state", _rng_state(), dp_replica=True)
-    sd["data"] = _per_rank_object("data_state", loader_state, dp_replica=False)
+    if rng:
+        sd["rng"] = _per_rank_object("rng_state", _rng_state(), dp_replica=True)
+    if data:
+        sd["data"] = _per_rank_object("data_state", loader_state, dp_replica=False)
     sd["scheduler"] = scheduler.state_dict() if scheduler is not None else None
     sd["train_state"] = vars(state).copy()
     sd["config"] = config_yaml
+    sd["layout"] = _layout()  # [pp, tp, dp] of the saving run
     return sd
 
 
@@ -163,6 +172,10 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
 def _fault_injection_point(name: str) -> None:
     """Tests set NVLM_FAULT_INJECT=<name> to hard-kill a save at this point (never set in real runs)."""
     if os.environ.get("NVLM_FAULT_INJECT") == name:
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):  # e.g. checkpoint writer processes
+            child.kill()
         os._exit(9)
 
 
@@ -195,12 +208,24 @@ def check_architecture(saved_model: dict, current_model: dict) -> None:
 
 def load_checkpoint(folder: Path, chunks, optimizer=None, scheduler=None, weights_only: bool = False
                     ) -> tuple[TrainingState, dict | None]:
-    """Collective. Restore into the given objects; returns (training state, this DP rank's data state)."""
+    """Collective. Restore into the given objects.
+
+    Returns (training state, this DP rank's loader state); the loader state is None when the
+    checkpoint was saved at another data-parallel size (its positions cannot be mapped).
+    """
     folder = Path(folder)
     # Tensors are matched by their global keys, not by the container names, so the chunk layout
-    # (PP, VPP) of the saving run does not matter.
+    # (PP, VPP) of the saving run does not matter. Per-rank objects only map onto the same layout:
+    # RNG streams are kept only at the same PP x TP x DP, the data position at the same DP size.
+    saved = dist_checkpointing.load_common_state_dict(str(folder)).get("layout")
+    now = _layout()
+    same_ranks = saved == now
+    same_dp = saved is not None and saved[2] == now[2]
+    if not weights_only and not same_ranks and dist.get_rank() == 0:
+        print(f"checkpoint layout PPxTPxDP={saved} differs from this run's {now}: model and optimizer are "
+              f"resharded; RNG streams are re-seeded", flush=True)
     sd = _sharded_state(chunks, optimizer, scheduler, {}, TrainingState(), "", is_loading=True,
-                        weights_only=weights_only)
+                        weights_only=weights_only, rng=same_ranks, data=same_dp)
     loaded = dist_checkpointing.load(sd, str(folder))
     for i, chunk in enumerate(chunks):
         _unwrap(chunk).load_state_dict(loaded[_model_key(i, len(chunks))], strict=True)
@@ -210,7 +235,8 @@ def load_checkpoint(folder: Path, chunks, optimizer=None, scheduler=None, weight
         optimizer.load_state_dict(loaded["optimizer"])
     if scheduler is not None and loaded.get("scheduler") is not None:
         scheduler.load_state_dict(loaded["scheduler"])
-    _set_rng_state(loaded["rng"])
+    if same_ranks:
+        _set_rng_state(loaded["rng"])
     state = TrainingState(**loaded["train_state"])
-    return state, loaded["data"]
+    return state, (loaded["data"] if same_dp else None)
 

@@ -123,7 +123,12 @@ class Trainer:
             folder = ckpt.iteration_dir(self.ckpt_root, latest)
             self._check_arch(folder)
             self.state, data_state = ckpt.load_checkpoint(folder, self.chunks, self.optimizer, self.scheduler)
-            if data_state and not self.cfg.checkpoint.reset_data:
+            if data_state is None and not self.cfg.checkpoint.reset_data:
+                raise ckpt.CheckpointError(
+                    f"{folder} was saved at another data-parallel size, so the data position cannot be "
+                    f"restored exactly; set checkpoint.reset_data=true to restart the data stream"
+                )
+            if data_state is not None and not self.cfg.checkpoint.reset_data:
                 try:
                     self.loader.load_state_dict(data_state)
                 except ValueError as exc:
@@ -260,8 +265,10 @@ class Trainer:
                 if cfg.save_interval and it % cfg.save_interval == 0:
                     self.save()
                     saved_at = it
-                if preempt.agreed():
-                    self._say(f"preemption signal received: saving at iteration {it} and exiting")
+                stop = cfg.exit_interval and it % cfg.exit_interval == 0 and it < cfg.iters
+                if preempt.agreed() or stop:
+                    why = "exit interval reached" if stop else "preemption signal received"
+                    self._say(f"{why}: saving at iteration {it} and exiting")
                     if saved_at != it:
                         self.save()
                     return 0

@@ -1,0 +1,192 @@
+"""Our ``ModelConfig`` <-> an HF NVLM-D ``config.json`` (or an InternViT + a Qwen2 ``config.json``).
+
+The trainer refuses a checkpoint whose ``model:`` section differs from its config, so the import side
+derives every architecture field from the HF config and takes only the layout knobs (head / vocabulary
+padding multiples, freezing, ...) from a base preset; the export side writes exactly the fields our
+HF modeling files read (including the projector LayerNorm epsilon, so both sides agree).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.convert.errors import ConvertError
+from nvlm_train.hf.export_files import LLMSpec, NVLMDSpec, VisionSpec, build_hf_config
+
+IMAGE_CONTEXT = "<|vision_pad|>"
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ConvertError(f"{path} not found")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise ConvertError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def tokenizer_token_ids(tokenizer_dir: Path | None) -> dict[str, int]:
+    """Token -> id for the special tokens of an HF tokenizer directory (empty without tokenizer.json)."""
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        return {}
+    data = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+    vocab = data.get("model", {}).get("vocab", {})
+    if IMAGE_CONTEXT not in ids and isinstance(vocab, dict) and IMAGE_CONTEXT in vocab:
+        ids[IMAGE_CONTEXT] = vocab[IMAGE_CONTEXT]
+    return ids
+
+
+def _need(cfg: dict, key: str, where: str):
+    if key not in cfg:
+        raise ConvertError(f"{where} has no {key!r}")
+    return cfg[key]
+
+
+def _vision_fields(vc: dict, image_size: int | None, where: str) -> dict:
+    checks = {"norm_type": "rms_norm", "qk_normalization": True, "qkv_bias": False, "hidden_act": "gelu"}
+    for key, want in checks.items():
+        if vc.get(key, want) != want:
+            raise ConvertError(f"{where}: {key}={vc[key]!r} is not supported (InternViT-6B layers need {want!r})")
+    return dict(
+        num_layers=_need(vc, "num_hidden_layers", where),
+        hidden_size=_need(vc, "hidden_size", where),
+        num_attention_heads=_need(vc, "num_attention_heads", where),
+        ffn_hidden_size=_need(vc, "intermediate_size", where),
+        image_size=image_size or _need(vc, "image_size", where),
+        patch_size=_need(vc, "patch_size", where),
+        num_channels=vc.get("num_channels", 3),
+        norm_eps=vc.get("layer_norm_eps", 1e-6),
+        layerscale_init=vc.get("initializer_factor", 0.1),
+    )
+
+
+def _rope_theta(lc: dict) -> float:
+    rope = lc.get("rope_parameters") or {}
+    return float(lc.get("rope_theta") or rope.get("rope_theta") or 10000.0)
+
+
+def _language_fields(lc: dict, where: str) -> dict:
+    if lc.get("model_type", "qwen2") != "qwen2":
+        raise ConvertError(f"{where}: model_type={lc['model_type']!r} is not supported (need a Qwen2 LLM)")
+    if lc.get("hidden_act", "silu") != "silu":
+        raise ConvertError(f"{where}: hidden_act={lc['hidden_act']!r} is not supported (Qwen2 uses silu)")
+    heads = _need(lc, "num_attention_heads", where)
+    return dict(
+        num_layers=_need(lc, "num_hidden_layers", where),
+        hidden_size=_need(lc, "hidden_size", where),
+        num_attention_heads=heads,
+        num_query_groups=lc.get("num_key_value_heads") or heads,
+        ffn_hidden_size=_need(lc, "intermediate_size", where),
+        vocab_size=_need(lc, "vocab_size", where),
+        rotary_base=_rope_theta(lc),
+        norm_eps=lc.get("rms_norm_eps", 1e-6),
+        max_position_embeddings=lc.get("max_position_embeddings", 32768),
+    )
+
+
+def _assemble(base: ModelConfig, vision: dict, projector: dict, language: dict) -> ModelConfig:
+    model = copy.deepcopy(base)
+    for section, values in (("vision", vision), ("projector", projector), ("language", language)):
+        target = getattr(model, section)
+        for key, value in values.items():
+            setattr(target, key, value)
+    model.validate()
+    return model
+
+
+def _image_token_id(cfg_value, tokenizer_dir: Path | None, vocab: int) -> int:
+    if cfg_value is not None:
+        return int(cfg_value)
+    ids = tokenizer_token_ids(tokenizer_dir)
+    if IMAGE_CONTEXT in ids:
+        return ids[IMAGE_CONTEXT]
+    raise ConvertError(
+        f"image-context token id unknown: config.json has no img_context_token_id and no tokenizer with "
+        f"{IMAGE_CONTEXT} was found (looked in {tokenizer_dir}); pass --image-token-id"
+    )
+
+
+def model_config_from_nvlm(cfg: dict, base: ModelConfig, tokenizer_dir: Path | None,
+                           image_token_id: int | None = None) -> ModelConfig:
+    """ModelConfig of an NVLM-D ``config.json`` (nvidia/NVLM-D-72B layout)."""
+    vc, lc = _need(cfg, "vision_config", "config.json"), _need(cfg, "llm_config", "config.json")
+    if cfg.get("ps_version", "v2") != "v2" or cfg.get("select_layer", -1) != -1:
+        raise ConvertError("config.json: only ps_version 'v2' and select_layer -1 are supported")
+    language = _language_fields(lc, "config.json llm_config")
+    language["image_token_id"] = image_token_id if image_token_id is not None else _image_token_id(
+        cfg.get("img_context_token_id"), tokenizer_dir, language["vocab_size"])
+    projector = dict(
+        downsample_ratio=cfg.get("downsample_ratio", 0.5),
+        ffn_hidden_size=cfg.get("projector_intermediate_size") or language["ffn_hidden_size"],
+        layernorm_eps=cfg.get("projector_layernorm_eps", 1e-5),
+    )
+    vision = _vision_fields(vc, cfg.get("force_image_size"), "config.json vision_config")
+    return _assemble(base, vision, projector, language)
+
+
+def model_config_from_parts(vision_cfg: dict, llm_cfg: dict, base: ModelConfig, tokenizer_dir: Path | None,
+                            image_token_id: int | None = None) -> ModelConfig:
+    """ModelConfig of an InternViT ``config.json`` + a Qwen2 ``config.json``; projector from ``base``."""
+    language = _language_fields(llm_cfg, "language config.json")
+    language["image_token_id"] = image_token_id if image_token_id is not None else _image_token_id(
+        None, tokenizer_dir, language["vocab_size"])
+    projector = {k: getattr(base.projector, k) for k in ("downsample_ratio", "ffn_hidden_size", "layernorm_eps")}
+    vision = _vision_fields(vision_cfg, None, "vision config.json")
+    return _assemble(base, vision, projector, language)
+
+
+def architecture_diffs(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """``section.field: a vs b`` for every differing architecture field (what the trainer compares)."""
+    diffs = []
+    for section in ("vision", "projector", "language"):
+        sa, sb = getattr(a, section), getattr(b, section)
+        for f in fields(sa):
+            va, vb = getattr(sa, f.name), getattr(sb, f.name)
+            if va != vb:
+                diffs.append(f"model.{section}.{f.name}: {va!r} vs {vb!r}")
+    return diffs
+
+
+def model_section(model: ModelConfig) -> dict:
+    return asdict(model)
+
+
+def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, max_tiles: int = 6) -> dict:
+    """The ``config.json`` dict of an export of ``model`` (special ids from the tokenizer when present)."""
+    v, lm = model.vision, model.language
+    ids = tokenizer_token_ids(tokenizer_dir)
+    spec = NVLMDSpec(
+        vision=VisionSpec(
+            num_layers=v.num_layers, hidden_size=v.hidden_size, num_heads=v.num_attention_heads,
+            ffn_hidden_size=v.ffn_hidden_size, image_size=v.image_size, patch_size=v.patch_size,
+            norm_eps=v.norm_eps, layer_scale_init=v.layerscale_init, num_channels=v.num_channels,
+        ),
+        llm=LLMSpec(
+            num_layers=lm.num_layers, hidden_size=lm.hidden_size, ffn_hidden_size=lm.ffn_hidden_size,
+            num_heads=lm.num_attention_heads, num_kv_heads=lm.num_query_groups, vocab_size=lm.vocab_size,
+            max_position_embeddings=lm.max_position_embeddings, rope_theta=lm.rotary_base, norm_eps=lm.norm_eps,
+            bos_token_id=ids.get("<|endoftext|>"), eos_token_id=ids.get("<|im_end|>"),
+            initializer_range=model.init_std,
+        ),
+        projector_ffn_hidden_size=model.projector.ffn_hidden_size,
+        projector_norm_eps=model.projector.layernorm_eps,
+        downsample_ratio=model.projector.downsample_ratio,
+        max_tiles=max_tiles,
+        img_context_token_id=lm.image_token_id,
+        dtype=dtype,
+    )
+    return build_hf_config(spec)
+
+
+def generation_config_for(hf_config: dict, tokenizer_dir: Path | None) -> dict:
+    llm = hf_config["llm_config"]
+    ids = tokenizer_token_ids(tokenizer_dir)
+    out = {"bos_token_id": llm.get("bos_token_id"), "eos_token_id": llm.get("eos_token_id"), "do_sample": False}
+    if "<|endoftext|>" in ids:
+        out["pad_token_id"] = ids["<|endoftext|>"]
+    return {k: v for k, v in out.items() if v is not None}

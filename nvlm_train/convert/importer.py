@@ -1,0 +1,188 @@
+"""HF -> mcore: an NVLM-D directory (or InternViT + Qwen2 directories) -> a checkpoint nvlm-train starts from.
+
+Everything is checked before any rank starts: the model config is derived from the HF config(s), and
+every HF key and shape is compared with what that config implies. Each rank then builds its part of
+our model at the requested TP/PP, fills every parameter from the HF tensors it needs (memory-mapped,
+merged by the mapping table's transform, cut to its shard by the model's own layout, which adds the
+padding) and all ranks save a ``checkpoints/`` folder with ``iter_0000000`` and the run config, which
+``checkpoint.init_from`` accepts. Distributed checkpoints reshard on load, so TP1/PP1 output serves
+any TP/PP whose padded shapes agree (vision heads / vocabulary padded to fixed multiples).
+
+Limitation: the model is materialised across the ranks (tp*pp processes on this machine); the 72B
+model needs about 160 GB of host memory in bf16 in total.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.convert.dist_runtime import run_ranks
+from nvlm_train.convert.errors import ConvertError
+from nvlm_train.convert.export import DTYPES, dims_of
+from nvlm_train.convert.hf_config import (
+    architecture_diffs,
+    hf_config_for,
+    model_config_from_nvlm,
+    model_config_from_parts,
+    read_json,
+)
+from nvlm_train.convert.hf_source import HFWeights, check_keys
+from nvlm_train.convert.mapping import HF_TO_MCORE, expand
+from nvlm_train.convert.outdir import check_output, staged_output
+from nvlm_train.convert.transforms import TRANSFORMS
+
+
+@dataclass
+class ImportOptions:
+    out: Path
+    hf: Path | None = None
+    vision: Path | None = None
+    language: Path | None = None
+    tp: int = 1
+    pp: int = 1
+    dtype: str | None = None  # None: keep the HF weights' dtype
+    force: bool = False
+    model_config: str | None = None  # a configs/model preset to take layout knobs from (and check against)
+    vision_head_multiple: int = 8
+    vocab_multiple: int = 1024
+    image_token_id: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class ImportPlan:
+    model: ModelConfig
+    folders: dict[str, Path]
+    tie_lm_head: bool
+    fresh_projector: bool
+    dtype: torch.dtype
+    tokenizer_dir: Path | None
+
+
+def _base(opts: ImportOptions) -> ModelConfig:
+    if opts.model_config:
+        from nvlm_train.config.store import load_model_config
+
+        return load_model_config(opts.model_config)
+    base = ModelConfig()
+    base.vision.pad_heads_to_multiple_of = opts.vision_head_multiple
+    base.language.vocab_pad_multiple = opts.vocab_multiple
+    return base
+
+
+def _tokenizer_in(*folders: Path | None) -> Path | None:
+    for f in folders:
+        if f is not None and (Path(f) / "tokenizer.json").is_file():
+            return Path(f).absolute()
+    return None
+
+
+def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
+    """Derive the model config and check every HF key/shape against it (no output written yet)."""
+    if (opts.hf is None) == (opts.vision is None and opts.language is None):
+        raise ConvertError("give either --hf DIR or both --vision DIR and --language DIR")
+    base = _base(opts)
+    if opts.hf is not None:
+        hf = Path(opts.hf)
+        tok = _tokenizer_in(hf)
+        model = model_config_from_nvlm(read_json(hf / "config.json"), base, tok, opts.image_token_id)
+        folders, tie, fresh = {"": hf}, bool(read_json(hf / "config.json")["llm_config"].get("tie_word_embeddings")), False
+    else:
+        if opts.vision is None or opts.language is None:
+            raise ConvertError("--vision and --language must be given together")
+        vision, language = Path(opts.vision), Path(opts.language)
+        tok = _tokenizer_in(language, vision)
+        llm_cfg = read_json(language / "config.json")
+        model = model_config_from_parts(read_json(vision / "config.json"), llm_cfg, base, tok, opts.image_token_id)
+        folders = {"vision_model.": vision, "language_model.": language}
+        tie, fresh = bool(llm_cfg.get("tie_word_embeddings")), True
+    if opts.model_config:
+        diffs = architecture_diffs(model, base)
+        if diffs:
+            raise ConvertError(f"the HF model differs from --model-config {opts.model_config}:\n  " + "\n  ".join(diffs))
+    weights = HFWeights(folders, tie_lm_head=tie)
+    from nvlm_train.hf.export_files import hf_param_shapes
+
+    expected = hf_param_shapes(hf_config_for(model, "float32", tok))
+    if fresh:
+        expected = {k: v for k, v in expected.items() if not k.startswith("mlp1.")}
+    check_keys(weights, expected, " + ".join(str(f) for f in folders.values()))
+    if opts.dtype is not None and opts.dtype not in DTYPES:
+        raise ConvertError(f"--dtype {opts.dtype}: use one of {', '.join(DTYPES)}")
+    dtype = DTYPES[opts.dtype] if opts.dtype else weights.dtype()
+    return ImportPlan(model, folders, tie, fresh, dtype, tok), weights
+
+
+def _config_yaml(plan: ImportPlan, opts: ImportOptions) -> str:
+    sources = {k or "hf": str(Path(v).absolute()) for k, v in plan.folders.items()}
+    cfg = {
+        "model": asdict(plan.model),
+        "data": {"tokenizer_dir": str(plan.tokenizer_dir) if plan.tokenizer_dir else None},
+        "converted_from": {"sources": sources, "fresh_projector": plan.fresh_projector, "tp": opts.tp, "pp": opts.pp},
+    }
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def fill_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress: bool) -> int:
+    """One rank: build our model, fill it from the HF weights, save (collective). Returns tensors filled."""
+    from megatron.core import parallel_state
+    from tqdm import tqdm
+
+    from nvlm_train.config.parallel import ParallelConfig
+    from nvlm_train.model.builder import build_model
+    from nvlm_train.model.init import initialize_parameters
+    from nvlm_train.model.layout import full_shape, global_name, param_layout
+    from nvlm_train.model.transformer_config import Precision
+    from nvlm_train.training.checkpoint import TrainingState, save_checkpoint
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    precision = Precision(params_dtype=plan.dtype, bf16=plan.dtype == torch.bfloat16)
+    built = build_model(plan.model, ParallelConfig(tp=tp, pp=pp), precision, initialize=False)
+    weights = HFWeights(plan.folders, tie_lm_head=plan.tie_lm_head)
+    rules = {r.mcore: r for r in expand(HF_TO_MCORE, plan.model)}
+    dims = dims_of(plan.model)
+    filled = 0
+    show = progress and torch.distributed.get_rank() == 0
+    with torch.no_grad():
+        for chunk in built.chunks:
+            if plan.fresh_projector and chunk.projector is not None:
+                initialize_parameters(chunk.projector, plan.model, built.padded_vocab, built.padded_vision_heads)
+            params = list(chunk.named_parameters())
+            for local, param in tqdm(params, desc="hf-to-mcore", file=sys.stderr, disable=not show):
+                name = global_name(local, chunk)
+                if plan.fresh_projector and name.startswith("projector."):
+                    continue
+                if name not in rules:
+                    raise ConvertError(f"internal: no mapping rule for our parameter {name}")
+                rule = rules[name]
+                full = TRANSFORMS[rule.op].merge([weights.get(k) for k in rule.hf], dims)
+                layout = param_layout(name, param, plan.model, tp, built.padded_vocab, built.padded_vision_heads)
+                want = full_shape(layout, param.shape, tp)
+                if tuple(full.shape) != tuple(want):
+                    raise ConvertError(f"{', '.join(rule.hf)} -> {name}: got {list(full.shape)}, need {list(want)}")
+                param.copy_(layout.shard(full, rank, tp).to(param.dtype))
+                filled += 1
+    save_checkpoint(Path(out_root), built.chunks, None, None, {}, TrainingState(iteration=0), config_yaml, keep_last=1)
+    return filled
+
+
+def import_hf(opts: ImportOptions) -> Path:
+    """Check, then write ``opts.out`` (a checkpoints/ folder) atomically. Returns its path."""
+    check_output(opts.out, opts.force)
+    if opts.tp < 1 or opts.pp < 1:
+        raise ConvertError("--tp and --pp must be >= 1")
+    plan, _ = plan_import(opts)
+    if plan.model.language.num_layers % opts.pp:
+        raise ConvertError(f"--pp {opts.pp} does not divide the LLM's {plan.model.language.num_layers} layers")
+    config_yaml = _config_yaml(plan, opts)
+    with staged_output(opts.out, opts.force) as tmp:
+        run_ranks(fill_and_save, opts.tp, opts.pp, plan, str(tmp), config_yaml, opts.progress)
+    return Path(opts.out)

@@ -1,0 +1,119 @@
+"""Checkpoints: exact resume after kill -9, SIGTERM save-and-exit, resharding, crash-safe saves."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import psutil
+import pytest
+
+from tests.training.conftest import base_overrides, losses, run_train, start_train
+
+pytestmark = pytest.mark.multirank
+
+
+def _latest(run_dir) -> int:
+    tracker = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
+    return int(tracker.read_text()) if tracker.is_file() else 0
+
+
+def _wait(predicate, proc, timeout=240.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early (rc={proc.returncode}):\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the training run")
+
+
+@pytest.fixture(scope="module")
+def reference_1rank(data_cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref1")
+    proc = run_train(1, base_overrides(data_cache, run, iters=6) + ["train.save_interval=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, losses(run)
+
+
+def test_kill_9_then_rerun_continues_bit_identically(data_cache, tmp_path):
+    iters = 40
+    overrides = base_overrides(data_cache, tmp_path / "run", iters=iters) + ["parallel.tp=2", "train.save_interval=5"]
+    ref = run_train(2, base_overrides(data_cache, tmp_path / "ref", iters=iters) + ["parallel.tp=2"])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    proc = start_train(2, overrides)
+    _wait(lambda: _latest(tmp_path / "run") >= 10, proc)
+    assert proc.poll() is None
+    # kill -9 the launcher and every worker at once (torchrun puts workers in their own sessions).
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in victims:
+        p.kill()
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+    killed_at = _latest(tmp_path / "run")
+    assert 10 <= killed_at < iters
+    again = run_train(2, overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr and f"at iteration {killed_at}" in again.stderr
+    expected, got = losses(tmp_path / "ref"), losses(tmp_path / "run")
+    assert got.keys() == expected.keys()
+    assert all(got[i] == expected[i] for i in expected), [(i, got[i], expected[i]) for i in expected
+                                                           if got[i] != expected[i]]
+
+
+def test_sigterm_saves_and_exits_zero_on_every_rank(data_cache, tmp_path):
+    proc = start_train(2, base_overrides(data_cache, tmp_path, iters=100000) + ["parallel.tp=2"])
+    metrics = tmp_path / "metrics.jsonl"
+    _wait(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, proc)
+    # Signal one worker only (as a scheduler might): the ranks agree and all save together.
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "nvlm_train.train" in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    saved = _latest(tmp_path)
+    assert saved >= 2 and (tmp_path / "checkpoints" / f"iter_{saved:07d}" / "metadata.json").is_file()
+    assert "preemption signal received" in out
+
+
+def test_pp2_checkpoint_resumes_at_tp2(data_cache, tmp_path):
+    ref = run_train(2, base_overrides(data_cache, tmp_path / "ref", iters=6) + ["parallel.pp=2"])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    first = run_train(2, base_overrides(data_cache, tmp_path / "run", iters=6)
+                      + ["parallel.pp=2", "train.exit_interval=4"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _latest(tmp_path / "run") == 4 and "exit interval reached" in first.stderr
+    second = run_train(2, base_overrides(data_cache, tmp_path / "run", iters=6) + ["parallel.tp=2"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stderr and "(TP2 PP1" in second.stderr
+    expected, got = losses(tmp_path / "ref"), losses(tmp_path / "run")
+    for it in (5, 6):
+        assert abs(got[it] - expected[it]) <= 1e-5 * abs(expected[it]), (it, got[it], expected[it])
+
+
+def test_crash_during_save_keeps_previous_checkpoint(data_cache, tmp_path, reference_1rank):
+    _, expected = reference_1rank
+    base = base_overrides(data_cache, tmp_path, iters=6) + ["train.exit_interval=2"]
+    assert run_train(1, base).returncode == 0
+    assert _latest(tmp_path) == 2
+    crash = run_train(1, base_overrides(data_cache, tmp_path, iters=6) + ["train.exit_interval=4"],
+                      env={"NVLM_FAULT_INJECT": "after_write"})
+    assert crash.returncode != 0
+    ckpts = tmp_path / "checkpoints"
+    assert _latest(tmp_path) == 2 and not (ckpts / "iter_0000004").exists()
+    assert (ckpts / "iter_0000004.tmp").is_dir()  # the torn save stayed aside
+    resumed = run_train(1, base_overrides(data_cache, tmp_path, iters=6) + ["train.exit_interval=4"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at iteration 2" in resumed.stderr
+    assert _latest(tmp_path) == 4 and not (ckpts / "iter_0000004.tmp").exists()
+    got = losses(tmp_path)
+    assert [got[i] for i in (1, 2, 3, 4)] == [expected[i] for i in (1, 2, 3, 4)]
+
+
+def test_architecture_mismatch_is_named(data_cache, tmp_path, reference_1rank):
+    run, _ = reference_1rank
+    proc = run_train(1, base_overrides(data_cache, run, iters=8) + ["model.language.num_layers=2"])
+    assert proc.returncode == 2
+    assert "model.language.num_layers: checkpoint 4, config 2" in proc.stderr
