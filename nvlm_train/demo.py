@@ -1,0 +1,154 @@
+"""``make demo``: train a tiny NVLM-D from scratch, check it learned, export it, ask it through HF.
+
+Steps (each reuses what an earlier run already built):
+
+1. synthetic demo shards (train + held-out) and the demo tokenizer;
+2. training with torchrun on 2 processes with tensor parallelism (TP2; on a GPU machine one
+   process per GPU, up to 2), live progress and periodic checkpoints;
+3. held-out exact-match accuracy of the megatron checkpoint (chance: 25% for shapes, 20% for colours);
+4. export to HF with ``nvlm-convert mcore-to-hf`` and the same accuracy through ``model.chat``
+   loaded the model card's way (``AutoModel`` + ``trust_remote_code``);
+5. a loss-curve PNG; the last line printed is one JSON object with the results and paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MIN_ACCURACY = 0.90
+MAX_DISAGREEMENT = 0.02
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _run(cmd: list[str], stream: bool = False, env: dict | None = None) -> str:
+    """Run a step; stream its output live (training) or capture it; fail loudly."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})}
+    if stream:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                env=full_env)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if not ("Warning" in line or "warnings.warn" in line or line.startswith(("W1", "  warnings"))):
+                print("    " + line, end="", flush=True)
+        if proc.wait() != 0:
+            raise SystemExit(f"[demo] step failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(lines[-40:])}")
+        return "".join(lines)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=full_env)
+    if proc.returncode != 0:
+        raise SystemExit(f"[demo] step failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nvlm_train.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=os.environ.get("NVLM_DEMO_DIR", str(REPO / "runs" / "demo")),
+                   help="where the run, the export and the plot go (default: runs/demo)")
+    p.add_argument("--iters", type=int, default=500, help="training iterations")
+    p.add_argument("--train-samples", type=int, default=3000, help="synthetic training samples")
+    p.add_argument("--heldout-samples", type=int, default=200, help="held-out questions")
+    p.add_argument("--fast", action="store_true",
+                   help="a quick smoke version (tests): few iterations and samples, no accuracy threshold")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.fast:
+        args.iters, args.train_samples, args.heldout_samples = 12, 120, 16
+    start = time.time()
+    work = Path(args.workdir).resolve()
+    run_dir, hf_dir, cache = work / "run", work / "hf", work / "data"
+    seed = 1234
+
+    # 1. data and tokenizer --------------------------------------------------------------------------
+    from nvlm_train.data.synth import write_synthetic_shards
+    from nvlm_train.data.tokenizer import build_demo_tokenizer
+
+    data_root = cache / f"demo-{args.train_samples}-{args.heldout_samples}-seed{seed}"
+    if not (data_root / ".complete").is_file():
+        _say(f"1/5 writing synthetic shards to {data_root}")
+        write_synthetic_shards(data_root, args.train_samples, args.heldout_samples, seed=seed)
+        (data_root / ".complete").write_text("ok\n")
+    else:
+        _say(f"1/5 reusing synthetic shards in {data_root}")
+    tokenizer = build_demo_tokenizer()
+    _say(f"    demo tokenizer: {tokenizer}")
+    heldout = sorted(str(p) for p in (data_root / "heldout").glob("heldout-*.tar"))
+
+    # 2. training ------------------------------------------------------------------------------------
+    gpus = torch.cuda.device_count()
+    nproc = min(2, gpus) if gpus else 2
+    layout = ["parallel.tp=2"] if nproc == 2 else []
+    what = "tensor parallelism (TP2)" if nproc == 2 else "one process"
+    _say(f"2/5 training the tiny NVLM-D with torchrun on {nproc} {'GPU' if gpus else 'CPU'} processes, {what}")
+    overrides = [
+        "experiment=demo", *layout, f"run.dir={run_dir}", f"train.iters={args.iters}", f"train.seed={seed}",
+        f"data.cache_dir={cache}", f"data.demo_train_samples={args.train_samples}",
+        f"data.demo_heldout_samples={args.heldout_samples}", f"data.tokenizer_dir={tokenizer}",
+    ]
+    if args.fast:
+        overrides += ["train.log_interval=2", "train.save_interval=6", "train.eval_interval=6",
+                      "optimizer.warmup_iters=2", "run.wandb_mode=disabled"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "nvlm_train.train", *overrides]
+    _run(cmd, stream=True)
+    checkpoint = run_dir / "checkpoints"
+
+    # 3. megatron accuracy ---------------------------------------------------------------------------
+    _say("3/5 held-out accuracy of the megatron checkpoint (greedy, exact match)")
+    mega = _last_json(_run([sys.executable, "-m", "nvlm_train.inference.evaluate", "--checkpoint",
+                            str(checkpoint), "--data-root", str(data_root)]))
+    _say(f"    megatron accuracy {mega['accuracy']:.1%} ({mega['correct']}/{mega['total']}) {mega['per_task']}")
+
+    # 4. export + HF chat accuracy -------------------------------------------------------------------
+    _say(f"4/5 exporting to HF ({hf_dir}) and asking model.chat the same questions")
+    _run([sys.executable, "-m", "nvlm_train.convert.cli", "mcore-to-hf", "--checkpoint", str(checkpoint),
+          "--out", str(hf_dir), "--tokenizer", str(tokenizer), "--dtype", "fp32", "--force"])
+    hf = _last_json(_run([sys.executable, "-m", "nvlm_train.inference.hf_eval", "--hf", str(hf_dir),
+                          "--data-root", str(data_root), "--max-tiles", "6"]))
+    _say(f"    HF chat accuracy {hf['accuracy']:.1%} ({hf['correct']}/{hf['total']}) {hf['per_task']}")
+
+    # 5. plot and summary ----------------------------------------------------------------------------
+    from nvlm_train.inference.plot import plot_loss_curve
+
+    png = plot_loss_curve(run_dir / "metrics.jsonl", work / "loss_curve.png", title="tiny NVLM-D on synthetic shapes")
+    elapsed = time.time() - start
+    _say(f"5/5 loss curve: {png}")
+    _say(f"    run dir: {run_dir}  (metrics.jsonl, config.yaml, checkpoints/, wandb/)")
+    _say(f"    HF export: {hf_dir}  (load it with AutoModel.from_pretrained(..., trust_remote_code=True))")
+    _say(f"    finished in {elapsed / 60:.1f} min")
+    ok = True
+    if not args.fast:
+        if mega["accuracy"] < MIN_ACCURACY:
+            _say(f"FAILED: megatron accuracy {mega['accuracy']:.1%} < {MIN_ACCURACY:.0%}")
+            ok = False
+        if abs(mega["accuracy"] - hf["accuracy"]) > MAX_DISAGREEMENT:
+            _say(f"FAILED: HF chat accuracy {hf['accuracy']:.1%} differs from megatron's by more than 2 points")
+            ok = False
+    print(json.dumps({
+        "accuracy": hf["accuracy"], "megatron_accuracy": mega["accuracy"], "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint), "hf_dir": str(hf_dir), "heldout": heldout, "loss_curve": str(png),
+        "parallelism": what, "elapsed_s": round(elapsed, 1),
+    }))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
