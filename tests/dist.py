@@ -26,6 +26,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from nvlm_train.parallel.cpu_runtime import cpu_runtime
     from nvlm_train.parallel.initialize import destroy_distributed
+    from nvlm_train.training.checkpoint import shutdown_checkpoint_writers
 
     path = Path(out_dir) / f"rank{rank}.pkl"
     try:
@@ -36,6 +37,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, fn, args) -> None:
         path.write_bytes(pickle.dumps(("error", traceback.format_exc())))
         raise
     finally:
+        shutdown_checkpoint_writers()
         destroy_distributed()
 
 

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--tolerance", type=float, default=1e-4,
                      help="max |logit difference| allowed, relative to max(1, max |logit|) (default 1e-4)")
     ver.add_argument("--max-new-tokens", type=int, default=8)
+    ver.add_argument("--tp", type=int, default=1, help="run our model at this tensor parallel size (default 1)")
+    ver.add_argument("--pp", type=int, default=1, help="run our model at this pipeline parallel size (default 1)")
     ver.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return p
 
@@ -84,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     from nvlm_train.convert.verify import verify
 
-    report = verify(args.checkpoint, args.hf, args.tolerance, args.max_new_tokens)
+    report = verify(args.checkpoint, args.hf, args.tolerance, args.max_new_tokens, args.tp, args.pp)
     if args.json:
         print(json.dumps(report.as_dict()))
     else:

@@ -10,13 +10,13 @@ import contextlib
 import os
 import pickle
 import socket
-import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nvlm_train.convert.errors import ConvertError
+from nvlm_train.training.checkpoint import shutdown_checkpoint_writers
 
 
 def free_port() -> int:
@@ -39,6 +39,7 @@ def megatron_process(tp: int, pp: int, rank: int = 0, world: int = 1, port: int 
         try:
             yield
         finally:
+            shutdown_checkpoint_writers()
             destroy_distributed()
 
 
@@ -55,11 +56,6 @@ def _rank_main(rank: int, world: int, tp: int, pp: int, port: int, out_dir: str,
         msg = str(exc) if isinstance(exc, ConvertError) else traceback.format_exc()
         path.write_bytes(pickle.dumps(("error", msg)))
         raise
-    # Everything is on disk: skip interpreter teardown, where megatron's checkpoint writer machinery
-    # otherwise keeps each rank alive for several seconds.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def run_ranks(fn: Callable, tp: int, pp: int, *args) -> list:

@@ -49,7 +49,7 @@ class HFWeights:
         for prefix, folder in folders.items():
             for path in safetensors_files(folder):
                 handle = self._open(path)
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
                     name = prefix + key
                     self._where[name] = (path, key)
                     sl = handle.get_slice(key)

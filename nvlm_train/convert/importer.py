@@ -92,7 +92,8 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
         hf = Path(opts.hf)
         tok = _tokenizer_in(hf)
         model = model_config_from_nvlm(read_json(hf / "config.json"), base, tok, opts.image_token_id)
-        folders, tie, fresh = {"": hf}, bool(read_json(hf / "config.json")["llm_config"].get("tie_word_embeddings")), False
+        folders, fresh = {"": hf}, False
+        tie = bool(read_json(hf / "config.json")["llm_config"].get("tie_word_embeddings"))
     else:
         if opts.vision is None or opts.language is None:
             raise ConvertError("--vision and --language must be given together")
@@ -105,7 +106,8 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
     if opts.model_config:
         diffs = architecture_diffs(model, base)
         if diffs:
-            raise ConvertError(f"the HF model differs from --model-config {opts.model_config}:\n  " + "\n  ".join(diffs))
+            raise ConvertError(f"the HF model differs from --model-config {opts.model_config}:\n  "
+                               + "\n  ".join(diffs))
     weights = HFWeights(folders, tie_lm_head=tie)
     from nvlm_train.hf.export_files import hf_param_shapes
 

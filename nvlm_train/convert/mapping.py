@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from nvlm_train.config.model import ModelConfig
 
-V, VL, L, LL = "vision_model.", "vision_model.decoder.layers.{i}.", "language_model.", "language_model.decoder.layers.{i}."
+V, VL = "vision_model.", "vision_model.decoder.layers.{i}."
+L, LL = "language_model.", "language_model.decoder.layers.{i}."
 HV, HVL = "vision_model.embeddings.", "vision_model.encoder.layers.{i}."
 HL, HLL = "language_model.model.", "language_model.model.layers.{i}."
 

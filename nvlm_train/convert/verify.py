@@ -1,7 +1,8 @@
 """Check an HF export against the checkpoint it came from: same logits, same greedy generations.
 
-Our megatron model is loaded from the checkpoint at TP1/PP1 in this process (distributed checkpoints
-reshard on load, so a checkpoint saved at any TP/PP works) and run next to the HF export, both in fp32,
+Our megatron model is loaded from the checkpoint at the TP/PP asked for (distributed checkpoints reshard
+on load, so a checkpoint saved at any TP/PP works; TP1/PP1 runs in this process, larger layouts in
+spawned ranks through megatron's pipeline schedule) and run next to the HF export, both in fp32,
 on four prompts built by the data pipeline: text only, one tile, many tiles, two images. Images are
 synthetic and tiled by the pipeline's ``load_image`` (the model card's semantics).
 """
@@ -42,6 +43,8 @@ class CaseResult:
 class VerifyReport:
     tolerance: float
     cases: list[CaseResult] = field(default_factory=list)
+    tp: int = 1
+    pp: int = 1
 
     @property
     def max_abs_diff(self) -> float:
@@ -54,6 +57,7 @@ class VerifyReport:
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "tolerance": self.tolerance, "max_abs_diff": self.max_abs_diff,
+                "tp": self.tp, "pp": self.pp,
                 "cases": [dict(vars(c), generations_agree=c.generations_agree) for c in self.cases]}
 
     def text(self) -> str:
@@ -61,8 +65,8 @@ class VerifyReport:
         for c in self.cases:
             lines.append(f"{c.name:<12} {c.tokens:>6} {c.tiles:>5} {c.max_abs_diff:>12.3e}  "
                          f"{'agree' if c.generations_agree else f'DIFFER ours={c.ours} hf={c.hf}'}")
-        lines.append(f"largest logit difference {self.max_abs_diff:.3e} (tolerance {self.tolerance:g} x "
-                     f"max(1, |logit|)): {'OK' if self.ok else 'FAILED'}")
+        lines.append(f"our model at TP{self.tp} PP{self.pp}; largest logit difference {self.max_abs_diff:.3e} "
+                     f"(tolerance {self.tolerance:g} x max(1, |logit|)): {'OK' if self.ok else 'FAILED'}")
         return "\n".join(lines)
 
 
@@ -104,8 +108,10 @@ def build_cases(model_cfg, tokenizer_dir: Path, max_tiles: int) -> list[tuple[st
 
 
 def _our_logits(chunk, ids: torch.Tensor, pixels: torch.Tensor | None, vocab: int) -> torch.Tensor:
-    pos = torch.arange(ids.shape[1]).unsqueeze(0)
-    return chunk(ids, pos, pixel_values=pixels)[..., :vocab].float()
+    device = next(chunk.parameters()).device  # CUDA when a GPU is present
+    pos = torch.arange(ids.shape[1], device=device).unsqueeze(0)
+    pixels = pixels.to(device) if pixels is not None else None
+    return chunk(ids.to(device), pos, pixel_values=pixels)[..., :vocab].float().cpu()
 
 
 def _our_greedy(chunk, ids, pixels, vocab: int, n: int, eos: int, image_token: int) -> list[int]:
@@ -139,11 +145,25 @@ def _load_ours(folder: Path, model_cfg):
     return chunk
 
 
-def verify(checkpoint: Path, hf_dir: Path, tolerance: float = 1e-4, max_new_tokens: int = 8) -> VerifyReport:
+def _ours_single(folder: Path, model_cfg, cases, max_new_tokens: int, eos: int) -> list:
+    """TP1/PP1 in this process: per case (logits, greedy tokens)."""
+    from nvlm_train.convert.dist_runtime import megatron_process
+
+    image_token, vocab = model_cfg.language.image_token_id, model_cfg.language.vocab_size
+    with megatron_process(1, 1), torch.no_grad():
+        ours = _load_ours(folder, model_cfg)
+        return [(_our_logits(ours, ids, pixels, vocab), _our_greedy(ours, ids, pixels, vocab, max_new_tokens, eos,
+                                                                   image_token))
+                for _, ids, pixels in cases]
+
+
+def verify(checkpoint: Path, hf_dir: Path, tolerance: float = 1e-4, max_new_tokens: int = 8, tp: int = 1,
+           pp: int = 1) -> VerifyReport:
+    """Compare; our model runs at ``tp`` x ``pp`` (spawned ranks when more than one)."""
     from transformers import AutoModel
 
-    from nvlm_train.convert.dist_runtime import megatron_process
     from nvlm_train.convert.hf_config import read_json
+    from nvlm_train.data.tokenizer import TextTokenizer
 
     folder = checkpoint_folder(checkpoint)
     hf_dir = Path(hf_dir)
@@ -151,25 +171,27 @@ def verify(checkpoint: Path, hf_dir: Path, tolerance: float = 1e-4, max_new_toke
     with DistCheckpointReader(folder) as reader:
         model_cfg, _ = parse_saved_config(reader.common_state().get("config", ""), folder)
     model_cfg.freeze.vision = model_cfg.freeze.projector = model_cfg.freeze.language = False
-    vocab = model_cfg.language.vocab_size
+    if model_cfg.language.num_layers % pp:
+        raise ConvertError(f"--pp {pp} does not divide the LLM's {model_cfg.language.num_layers} layers")
+    cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)))
+    tok = TextTokenizer(hf_dir)
+    if tp * pp == 1:
+        ours = _ours_single(folder, model_cfg, cases, max_new_tokens, tok.im_end_id)
+    else:
+        from nvlm_train.convert.dist_runtime import run_ranks
+        from nvlm_train.convert.parallel_forward import run_cases
+
+        ours = run_ranks(run_cases, tp, pp, str(folder), model_cfg, cases, max_new_tokens, tok.im_end_id)[0]
     hf = AutoModel.from_pretrained(str(hf_dir), torch_dtype=torch.float32, trust_remote_code=True,
                                    use_flash_attn=False).eval()
-    cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)))
-    from nvlm_train.data.tokenizer import TextTokenizer
-
-    tok = TextTokenizer(hf_dir)
-    report = VerifyReport(tolerance)
-    with megatron_process(1, 1), torch.no_grad():
-        ours = _load_ours(folder, model_cfg)
-        for name, ids, pixels in cases:
-            a = _our_logits(ours, ids, pixels, vocab)
+    report = VerifyReport(tolerance, tp=tp, pp=pp)
+    with torch.no_grad():
+        for (name, ids, pixels), (a, greedy) in zip(cases, ours):
             b = hf(pixel_values=pixels, input_ids=ids).logits.float()
             if a.shape != b.shape:
                 raise ConvertError(f"{name}: logits shapes differ: ours {list(a.shape)}, HF {list(b.shape)}")
             report.cases.append(CaseResult(
                 name, ids.shape[1], 0 if pixels is None else pixels.shape[0], float((a - b).abs().max()),
-                float(b.abs().max()),
-                _our_greedy(ours, ids, pixels, vocab, max_new_tokens, tok.im_end_id, model_cfg.language.image_token_id),
-                _hf_greedy(hf, ids, pixels, max_new_tokens, tok.im_end_id, tok.pad_id),
+                float(b.abs().max()), greedy, _hf_greedy(hf, ids, pixels, max_new_tokens, tok.im_end_id, tok.pad_id),
                 model_cfg.language.image_token_id))
     return report

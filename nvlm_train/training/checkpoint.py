@@ -185,6 +185,20 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def shutdown_checkpoint_writers() -> None:
+    """Stop the multiprocessing Manager megatron's async checkpoint writer starts on the first save.
+
+    Left running, it is only reaped at interpreter exit, which keeps every rank alive seconds longer.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    queue = getattr(filesystem_async, "_results_queue", None)
+    manager = getattr(queue, "_manager", None)
+    if manager is not None:
+        manager.shutdown()
+    filesystem_async._results_queue = None
+
+
 def read_saved_config(folder: Path) -> str:
     """The resolved config (YAML text) stored in a checkpoint, without loading any tensor."""
     common = dist_checkpointing.load_common_state_dict(str(folder))

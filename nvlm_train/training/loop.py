@@ -8,7 +8,6 @@ and divides them by the global assistant-token count, the optimizer clips and st
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import asdict
@@ -301,8 +300,6 @@ def run_training(cfg: TrainConfig, config_yaml: str) -> int:
             print(f"nvlm-train: {exc}", file=sys.stderr)
             return 2
         finally:
+            ckpt.shutdown_checkpoint_writers()
             destroy_distributed()
 
-
-def dump_resolved(cfg_dict: dict) -> str:
-    return yaml.safe_dump(json.loads(json.dumps(cfg_dict)), sort_keys=False)

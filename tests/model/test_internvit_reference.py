@@ -20,8 +20,9 @@ def vit_worker(rank, world, tp, multiple):
     from nvlm_train.model.gather import gather_full
     from nvlm_train.parallel.initialize import initialize_distributed
 
+    # Larger init weights than the default make the comparison sharper.
     model_cfg = load_model_config(
-        "nvlm_d_tiny", ["model.init_std=0.2", f"model.vision.pad_heads_to_multiple_of={multiple}"])  # larger weights: a sharper test
+        "nvlm_d_tiny", ["model.init_std=0.2", f"model.vision.pad_heads_to_multiple_of={multiple}"])
     parallel = ParallelConfig(tp=tp)
     initialize_distributed(parallel, seed=3)
     built = build_model(model_cfg, parallel)

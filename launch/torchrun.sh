@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Per-node launcher: torchrun with N processes running `python -m nvlm_train.train`.
+#
+#   launch/torchrun.sh [NPROC] [HYDRA_OVERRIDE ...]
+#   NPROC=8 launch/torchrun.sh experiment=nvlm_d_2b parallel.tp=4
+#
+# Also the per-node command of launch/slurm/train.sbatch (NNODES/NODE_RANK/RDZV_ENDPOINT set).
+# See launch/torchrun.sh --help and docs/launch.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: launch/torchrun.sh [NPROC] [HYDRA_OVERRIDE ...]
+
+Runs the NVLM-D trainer (python -m nvlm_train.train) under torchrun on this machine.
+
+  NPROC            processes on this node: the first argument if it is a number, else the
+                   NPROC environment variable, else the number of visible GPUs, else 1.
+  HYDRA_OVERRIDE   passed to the trainer unchanged (key=value, group=option, -m, ...).
+
+Environment:
+  NPROC                  processes per node (see above)
+  PYTHON                 interpreter; default: the repository's .venv/bin/python if present, else python
+  OMP_NUM_THREADS        threads per process; default: CPU cores / NPROC (at least 1)
+  MASTER_PORT            single node: rendezvous port on 127.0.0.1; default: a free one (--standalone)
+  NNODES, NODE_RANK, RDZV_ENDPOINT, RDZV_ID
+                         multi-node: c10d rendezvous at RDZV_ENDPOINT (host:port); set by
+                         launch/slurm/train.sbatch
+  TORCHRUN_ARGS          extra torchrun arguments, e.g. "--max-restarts 2"
+  TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+                         seconds torchrun gives workers to exit after it was signalled itself
+                         before it kills them (default here: 600)
+
+Signals: SIGTERM, SIGUSR1 (and SIGINT) sent to this script are passed to every rank on this
+node; the trainer then saves a checkpoint and exits 0, and so does this script. Re-running
+with the same run.dir resumes.
+
+Examples:
+  launch/torchrun.sh 2 experiment=demo parallel.tp=2
+  NPROC=8 launch/torchrun.sh experiment=nvlm_d_72b_sft run.dir=runs/sft
+
+Sweeps (-m) run their jobs one after another in each process: run them without torchrun
+(python -m nvlm_train.train -m ..., one process) or on SLURM (hydra/launcher=slurm); see docs/launch.md.
+EOF
+}
+
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+esac
+
+nproc="${NPROC:-}"
+if [[ "${1:-}" =~ ^[0-9]+$ ]]; then
+  nproc="$1"
+  shift
+fi
+if [[ -z "$nproc" ]]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    nproc="$(nvidia-smi -L | grep -c '^GPU' || true)"
+  fi
+  [[ "${nproc:-0}" -ge 1 ]] || nproc=1
+fi
+if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
+  echo "torchrun.sh: NPROC must be a positive integer, got '$nproc'" >&2
+  exit 2
+fi
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$repo/.venv/bin/python" ]]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python; fi
+fi
+
+cores="$(nproc 2>/dev/null || echo 1)"
+threads=$(( cores / nproc ))
+(( threads >= 1 )) || threads=1
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}"
+export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}"
+export PYTHONUNBUFFERED=1
+
+if [[ -n "${NNODES:-}" && "${NNODES}" != 1 ]] || [[ -n "${RDZV_ENDPOINT:-}" ]]; then
+  : "${RDZV_ENDPOINT:?multi-node needs RDZV_ENDPOINT=host:port}"
+  rdzv=(--nnodes "${NNODES:-1}" --node-rank "${NODE_RANK:-${SLURM_NODEID:-0}}"
+        --rdzv-backend c10d --rdzv-endpoint "$RDZV_ENDPOINT" --rdzv-id "${RDZV_ID:-nvlm-train}")
+elif [[ -n "${MASTER_PORT:-}" ]]; then
+  rdzv=(--nnodes 1 --rdzv-backend c10d --rdzv-endpoint "127.0.0.1:${MASTER_PORT}")
+else
+  rdzv=(--standalone)
+fi
+read -r -a extra <<<"${TORCHRUN_ARGS:-}"
+
+# Signals. torchrun runs in the background so that this script can pass SIGTERM/SIGUSR1 straight to
+# the workers: they save and exit 0, torchrun sees a clean finish and exits 0. torchrun itself
+# starts with SIGUSR1 ignored (its workers inherit that until the trainer installs its handler):
+# SLURM signals every process of a job step, and a SIGUSR1 that torchrun handled would make it
+# stop its workers and exit 1, an unhandled one would kill it and orphan them. SIGTERM stays with
+# torchrun's own handler (it passes it on, then waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds).
+trap '' USR1
+"$PYTHON" -m torch.distributed.run "${rdzv[@]}" --nproc-per-node "$nproc" ${extra[@]+"${extra[@]}"} \
+  -m nvlm_train.train "$@" &
+launcher=$!
+
+children_of() {
+  if command -v pgrep >/dev/null 2>&1; then
+    pgrep -P "$1" || true
+  else
+    local stat pid ppid
+    for stat in /proc/[0-9]*/stat; do
+      # field 4 of /proc/PID/stat is the parent pid (the command name in field 2 has no spaces here)
+      read -r pid _ _ ppid _ <"$stat" 2>/dev/null || continue
+      [[ "$ppid" == "$1" ]] && echo "$pid"
+    done
+  fi
+}
+
+forward() {
+  local sig="$1" workers
+  workers="$(children_of "$launcher")"
+  echo "torchrun.sh: SIG$sig -> workers ${workers//$'\n'/ }" >&2
+  if [[ -n "$workers" ]]; then
+    # shellcheck disable=SC2086
+    kill -s "$sig" $workers 2>/dev/null || true
+  else
+    kill -s "$sig" "$launcher" 2>/dev/null || true
+  fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+
+rc=0
+wait "$launcher" || rc=$?
+# `wait` returns early (status > 128) when a trapped signal arrives: keep waiting for the exit.
+while (( rc > 128 )) && kill -0 "$launcher" 2>/dev/null; do
+  rc=0
+  wait "$launcher" || rc=$?
+done
+exit "$rc"

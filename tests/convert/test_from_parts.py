@@ -1,0 +1,51 @@
+"""The paper's starting point: an InternViT HF directory + a Qwen2 HF directory, projector fresh."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+from safetensors.torch import save_file
+
+from nvlm_train.convert.export import ExportOptions, export_checkpoint
+from tests.convert.helpers import cli, load_export
+
+
+def _split_source(hf_source, root):
+    """InternViT dir (own key names, no prefix) and a Qwen2 dir with tied embeddings (no lm_head)."""
+    cfg = json.loads((hf_source / "config.json").read_text())
+    state = load_export(hf_source)
+    vision, language = root / "InternViT-tiny", root / "Qwen2-tiny"
+    vision.mkdir()
+    language.mkdir()
+    save_file({k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")},
+              str(vision / "model.safetensors"), metadata={"format": "pt"})
+    (vision / "config.json").write_text(json.dumps(cfg["vision_config"]))
+    lm = {k[len("language_model."):]: v for k, v in state.items() if k.startswith("language_model.")}
+    del lm["lm_head.weight"]
+    save_file(lm, str(language / "model.safetensors"), metadata={"format": "pt"})
+    (language / "config.json").write_text(json.dumps(dict(cfg["llm_config"], tie_word_embeddings=True)))
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy2(hf_source / name, language / name)
+    return vision, language, state
+
+
+def test_vision_plus_language_dirs(hf_source, tmp_path):
+    vision, language, source = _split_source(hf_source, tmp_path)
+    ckpt = tmp_path / "ckpt"
+    cli("hf-to-mcore", "--vision", str(vision), "--language", str(language), "--out", str(ckpt),
+        "--model-config", "nvlm_d_tiny", "--no-progress")
+    export_checkpoint(ExportOptions(ckpt, tmp_path / "hf", progress=False))
+    out = load_export(tmp_path / "hf")
+    assert set(out) == set(source)
+    for key, tensor in source.items():
+        if key.startswith("mlp1."):
+            assert out[key].shape == tensor.shape and not torch.equal(out[key], tensor), key  # fresh
+        elif key == "language_model.lm_head.weight":
+            assert torch.equal(out[key], source["language_model.model.embed_tokens.weight"])  # tied
+        else:
+            assert torch.equal(out[key], tensor), key
+    assert torch.equal(out["mlp1.0.weight"], torch.ones_like(out["mlp1.0.weight"]))  # LayerNorm init
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["projector_intermediate_size"] == 128 and cfg["img_context_token_id"] == 3

@@ -1,0 +1,152 @@
+"""mcore checkpoints saved at TP1, TP2 and PP2 -> HF: same weights, same logits, same greedy tokens.
+
+TP1 is ``hf-to-mcore``'s own output; TP2 is what the trainer does with it (``init_from`` at TP2: the
+architecture check, a resharding load, then a TP2 save); PP2 is ``hf-to-mcore --pp 2`` (two spawned ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nvlm_train.convert.export import ExportOptions, export_checkpoint
+from nvlm_train.hf.export_files import save_sharded_safetensors
+from tests.convert.helpers import REPO, assert_bit_identical, cli, load_export
+from tests.convert.workers import resave_worker
+from tests.dist import run_ranks
+
+pytestmark = pytest.mark.multirank
+
+LAYOUTS = ("tp1", "tp2", "pp2")
+RUN_AT = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}  # our model runs at the layout that saved it
+
+
+@pytest.fixture(scope="module")
+def checkpoints(hf_source, ckpt_tp1, tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    run_ranks(resave_worker, 2, 2, 1, str(ckpt_tp1), str(root / "tp2"))
+    cli("hf-to-mcore", "--hf", str(hf_source), "--out", str(root / "pp2"), "--pp", "2",
+        "--model-config", "nvlm_d_tiny", "--no-progress")
+    return {"tp1": ckpt_tp1, "tp2": root / "tp2", "pp2": root / "pp2"}
+
+
+@pytest.fixture(scope="module")
+def exports(checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for name, ckpt in checkpoints.items():
+        report = export_checkpoint(ExportOptions(ckpt, root / name, max_shard_bytes=200_000, progress=False))
+        assert report.num_shards > 1
+        out[name] = root / name
+    return out
+
+
+def test_export_of_every_layout_is_bit_identical_to_the_source(hf_source, exports):
+    source = load_export(hf_source)
+    for name in LAYOUTS:
+        assert_bit_identical(source, load_export(exports[name]))
+
+
+def test_export_directory_layout(exports, hf_source):
+    out = exports["tp2"]
+    for name in ("config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
+                 "vocab.json", "merges.txt", "tokenizer_config.json", "modeling_nvlm_d.py",
+                 "configuration_nvlm_d.py", "modeling_intern_vit.py", "configuration_intern_vit.py",
+                 "conversation.py"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    src = json.loads((hf_source / "config.json").read_text())
+    assert cfg["architectures"] == ["NVLM_D"] and cfg["llm_config"]["architectures"] == ["Qwen2ForCausalLM"]
+    for key in ("downsample_ratio", "force_image_size", "ps_version", "select_layer", "img_context_token_id",
+                "projector_intermediate_size", "projector_layernorm_eps", "auto_map"):
+        assert cfg[key] == src[key], key
+    for section in ("vision_config", "llm_config"):
+        for key, value in src[section].items():
+            if key not in ("bos_token_id",):
+                assert cfg[section][key] == value, (section, key)
+    assert cfg["torch_dtype"] == "float32"  # kept from the fp32 checkpoint
+
+
+def _verify_all(pairs):
+    code = ("import json, sys\nfrom nvlm_train.convert.verify import verify\n"
+            "if __name__ == '__main__':\n"
+            "    print(json.dumps([verify(c, h, tp=t, pp=p).as_dict() for c, h, t, p in json.loads(sys.argv[1])]))")
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(pairs)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_logits_and_greedy_generations_match(checkpoints, exports):
+    reports = _verify_all([[str(checkpoints[n]), str(exports[n]), *RUN_AT[n]] for n in LAYOUTS])
+    for name, report in zip(LAYOUTS, reports):
+        assert (report["tp"], report["pp"]) == RUN_AT[name]
+        kinds = {c["name"]: c for c in report["cases"]}
+        assert set(kinds) == {"text", "one-tile", "many-tiles", "two-images"}
+        assert kinds["many-tiles"]["tiles"] > 2 and kinds["two-images"]["tiles"] >= 2
+        for case in report["cases"]:
+            assert case["max_abs_diff"] < 1e-4, (name, case)
+            assert case["generations_agree"] and len(case["ours"]) > 0, (name, case)
+        assert report["ok"]
+
+
+def test_verify_cli_fails_on_a_wrong_export(checkpoints, exports, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(exports["tp1"], bad)
+    state = load_export(bad)
+    for f in bad.glob("model-*.safetensors"):
+        f.unlink()
+    state["language_model.model.layers.1.mlp.down_proj.weight"] += 0.05
+    save_sharded_safetensors(state, bad)
+    proc = cli("verify", "--checkpoint", str(checkpoints["tp1"]), "--hf", str(bad), check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "FAILED" in proc.stdout
+
+
+def test_exported_vision_tower_equals_transformers_internvl(exports):
+    from transformers import AutoModel
+    from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+    from transformers.models.internvl.modeling_internvl import InternVLVisionModel
+
+    out = exports["tp2"]
+    state = load_export(out)
+    vc = json.loads((out / "config.json").read_text())["vision_config"]
+    width, heads, layers = vc["hidden_size"], vc["num_attention_heads"], vc["num_hidden_layers"]
+    ref_sd = {
+        "embeddings.cls_token": state["vision_model.embeddings.class_embedding"],
+        "embeddings.position_embeddings": state["vision_model.embeddings.position_embedding"],
+        "embeddings.patch_embeddings.projection.weight": state["vision_model.embeddings.patch_embedding.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["vision_model.embeddings.patch_embedding.bias"],
+    }
+    names = {"attn.q_norm.weight": "attention.q_norm.weight", "attn.k_norm.weight": "attention.k_norm.weight",
+             "attn.proj.weight": "attention.projection_layer.weight",
+             "attn.proj.bias": "attention.projection_layer.bias",
+             "ls1": "lambda_1", "ls2": "lambda_2", "norm1.weight": "layernorm_before.weight",
+             "norm2.weight": "layernorm_after.weight", "mlp.fc1.weight": "mlp.fc1.weight",
+             "mlp.fc1.bias": "mlp.fc1.bias", "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias"}
+    for i in range(layers):
+        src, dst = f"vision_model.encoder.layers.{i}.", f"encoder.layer.{i}."
+        q, k, v = state[src + "attn.qkv.weight"].chunk(3)  # HF layout: [all Q; all K; all V]
+        ref_sd.update({dst + "attention.q_proj.weight": q, dst + "attention.k_proj.weight": k,
+                       dst + "attention.v_proj.weight": v})
+        ref_sd.update({dst + b: state[src + a] for a, b in names.items()})
+    cfg = InternVLVisionConfig(
+        hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=vc["intermediate_size"], use_qk_norm=True, norm_type="rms_norm",
+        layer_norm_eps=vc["layer_norm_eps"], image_size=vc["image_size"], patch_size=vc["patch_size"],
+        attention_bias=False, use_mean_pooling=True, hidden_act="gelu", attn_implementation="eager")
+    ref = InternVLVisionModel(cfg).eval()
+    missing, unexpected = ref.load_state_dict(ref_sd, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    ours = AutoModel.from_pretrained(str(out), dtype=torch.float32, trust_remote_code=True).eval()
+    pixels = torch.randn(3, 3, vc["image_size"], vc["image_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ref(pixel_values=pixels).last_hidden_state
+        got = ours.vision_model(pixel_values=pixels).last_hidden_state
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
