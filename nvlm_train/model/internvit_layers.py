@@ -88,7 +88,9 @@ class _LayerScale(MegatronModule):
         return out * self.weight, (bias * self.weight if bias is not None else None)
 
 
-class LayerScaledSelfAttention(SelfAttention):
+class _LayerScaled:
+    """Mixin: scale a megatron branch's (output, bias) by a LayerScale vector."""
+
     def __init__(self, *args, layerscale_init: float = 0.1, **kwargs):
         super().__init__(*args, **kwargs)
         self.layer_scale = _LayerScale(self.config, layerscale_init)
@@ -98,14 +100,12 @@ class LayerScaledSelfAttention(SelfAttention):
         return self.layer_scale(out, bias)
 
 
-class LayerScaledMLP(MLP):
-    def __init__(self, *args, layerscale_init: float = 0.1, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.layer_scale = _LayerScale(self.config, layerscale_init)
+class LayerScaledSelfAttention(_LayerScaled, SelfAttention):
+    """InternViT attention branch (``ls1``)."""
 
-    def forward(self, *args, **kwargs):
-        out, bias = super().forward(*args, **kwargs)
-        return self.layer_scale(out, bias)
+
+class LayerScaledMLP(_LayerScaled, MLP):
+    """InternViT MLP branch (``ls2``)."""
 
 
 class NoBiasColumnParallelLinear(ColumnParallelLinear):
