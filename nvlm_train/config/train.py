@@ -8,6 +8,7 @@ from these (``nvlm_train.training.data``), never set separately.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.model import ModelConfig
@@ -126,6 +127,10 @@ class TrainConfig:
             raise ConfigError(f"run.wandb_mode={self.run.wandb_mode!r}: use offline, online or disabled")
         if self.checkpoint.keep_last < 1:
             raise ConfigError(f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1")
+        for key, value in (("checkpoint.init_from", self.checkpoint.init_from),
+                           ("data.tokenizer_dir", self.data.tokenizer_dir), ("data.data_root", self.data.data_root)):
+            if value and not Path(value).exists():
+                raise ConfigError(f"{key}={value} does not exist; fix the path or remove the override")
 
     def num_microbatches(self, world_size: int) -> int:
         dp = self.parallel.data_parallel_size(world_size)

@@ -128,7 +128,10 @@ def _sharded_state(chunks, optimizer, scheduler, loader_state, state: TrainingSt
         return sd
     model_sd = {k: v for k, v in sd.items() if k.startswith("model")}
     if optimizer is not None:
-        sd["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+        # "fully_reshardable": the distributed optimizer's state is stored per parameter in model space,
+        # so it loads at any TP/PP/DP (plain optimizers ignore the key).
+        sd["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "fully_reshardable"})
     if rng:
         sd["rng"] = _per_rank_object("rng_state", _rng_state(), dp_replica=True)
     if data:

@@ -56,6 +56,9 @@ def test_kill_9_then_rerun_continues_bit_identically(data_cache, tmp_path):
     again = run_train(2, overrides)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in again.stderr and f"at iteration {killed_at}" in again.stderr
+    # keep_last=3: only the newest three checkpoints survive.
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("iter_*"))
+    assert kept == ["iter_0000030", "iter_0000035", "iter_0000040"]
     expected, got = losses(tmp_path / "ref"), losses(tmp_path / "run")
     assert got.keys() == expected.keys()
     assert all(got[i] == expected[i] for i in expected), [(i, got[i], expected[i]) for i in expected
@@ -117,3 +120,30 @@ def test_architecture_mismatch_is_named(data_cache, tmp_path, reference_1rank):
     proc = run_train(1, base_overrides(data_cache, run, iters=8) + ["model.language.num_layers=2"])
     assert proc.returncode == 2
     assert "model.language.num_layers: checkpoint 4, config 2" in proc.stderr
+
+
+def test_stage_starts_from_previous_weights_only(data_cache, tmp_path, reference_1rank):
+    previous, _ = reference_1rank
+    proc = run_train(1, base_overrides(data_cache, tmp_path, iters=2)
+                     + [f"checkpoint.init_from={previous / 'checkpoints'}", "train.precision=fp32"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initialised model weights from" in proc.stderr and "from iteration 0" in proc.stderr
+    first = losses(tmp_path)[1]
+    fresh = losses(previous)[1]
+    assert first < fresh - 0.2  # starts from trained weights, not from scratch
+    bad = run_train(1, base_overrides(data_cache, tmp_path / "x", iters=2) + ["checkpoint.init_from=/nonexistent"])
+    assert bad.returncode == 2 and "checkpoint.init_from=/nonexistent does not exist" in bad.stderr
+
+
+def test_distributed_optimizer_matches_plain_adam(data_cache, tmp_path):
+    plain = run_train(2, base_overrides(data_cache, tmp_path / "plain", iters=3) + ["train.global_batch_size=4",
+                                                                                    "train.micro_batch_size=1"])
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    dist_opt = run_train(2, base_overrides(data_cache, tmp_path / "dist", iters=3)
+                         + ["train.global_batch_size=4", "train.micro_batch_size=1",
+                            "optimizer.use_distributed_optimizer=true"])
+    assert dist_opt.returncode == 0, dist_opt.stderr[-3000:]
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "dist")
+    assert "DP2" in dist_opt.stderr
+    for it in (1, 2, 3):
+        assert abs(a[it] - b[it]) <= 1e-5 * abs(a[it]), (it, a[it], b[it])
