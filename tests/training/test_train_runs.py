@@ -52,6 +52,6 @@ def test_bad_config_fails_before_building(data_cache, tmp_path):
     proc = run_train(1, base_overrides(data_cache, tmp_path) + ["train.global_batch_size=5"])
     assert proc.returncode == 2
     assert "train.global_batch_size=5 is not divisible" in proc.stderr
-    proc = run_train(1, base_overrides(data_cache, tmp_path) + ["train.seq_length=64"])
+    proc = run_train(1, base_overrides(data_cache, tmp_path) + ["train.seq_length=64", "data.max_tiles=6"])
     assert proc.returncode == 2 and "cannot hold one image" in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
