@@ -89,10 +89,6 @@ class NVLMDModel(MegatronModule):
     def set_input_tensor(self, input_tensor) -> None:
         self.language_model.set_input_tensor(input_tensor)
 
-    def image_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[tiles, 3, H, W] -> [tiles * tokens_per_tile, H_llm]."""
-        return self._project(self.vision_model(pixel_values))
-
     def forward(
         self,
         tokens: torch.Tensor,  # [b, s]

@@ -13,8 +13,6 @@ from functools import partial
 
 import torch
 
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "seq_boundaries", "pixel_values")
-
 
 def to_device(batch: dict, device: torch.device | str) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
