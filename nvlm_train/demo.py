@@ -89,10 +89,10 @@ def main(argv=None) -> int:
     seed = 1234
 
     # 1. data and tokenizer --------------------------------------------------------------------------
-    from nvlm_train.data.synth import write_synthetic_shards
+    from nvlm_train.data.synth import demo_data_root, write_synthetic_shards
     from nvlm_train.data.tokenizer import build_demo_tokenizer
 
-    data_root = cache / f"demo-{args.train_samples}-{args.heldout_samples}-seed{seed}"
+    data_root = demo_data_root(cache, args.train_samples, args.heldout_samples, seed)
     if not (data_root / ".complete").is_file():
         _say(f"1/5 writing synthetic shards to {data_root}")
         write_synthetic_shards(data_root, args.train_samples, args.heldout_samples, seed=seed)

@@ -24,14 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvlm-convert", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    h2m = sub.add_parser("hf-to-mcore", help="HF NVLM-D (or InternViT + Qwen2) -> megatron-core checkpoint")
+    h2m = sub.add_parser("hf-to-mcore", help="HF NVLM-D (or InternViT + Qwen2) -> megatron-core checkpoint (streaming)")
     h2m.add_argument("--hf", type=Path, help="an NVLM-D HF directory (nvidia/NVLM-D-72B layout)")
     h2m.add_argument("--vision", type=Path, help="an InternViT HF directory (with --language; fresh projector)")
     h2m.add_argument("--language", type=Path, help="a Qwen2 HF directory (with --vision)")
     h2m.add_argument("--out", type=Path, required=True,
                      help="output checkpoints/ folder (use it as checkpoint.init_from)")
-    h2m.add_argument("--tp", type=int, default=1, help="tensor parallel size to build and save at (default 1)")
-    h2m.add_argument("--pp", type=int, default=1, help="pipeline parallel size to build and save at (default 1)")
+    h2m.add_argument("--tp", type=int, default=1,
+                     help="tensor parallel size you will train at: checked now (the checkpoint reshards on load)")
+    h2m.add_argument("--pp", type=int, default=1,
+                     help="pipeline parallel size you will train at: checked now (the checkpoint reshards on load)")
     h2m.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), help="default: the HF weights' dtype")
     h2m.add_argument("--model-config", help="configs/model preset (e.g. nvlm_d_72b) to match: padding multiples, "
                                             "projector size for --vision/--language; architecture must agree")

@@ -9,10 +9,12 @@ embeddings (no ``lm_head.weight``) serves its embedding as the output layer.
 from __future__ import annotations
 
 import json
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from nvlm_train.convert.errors import ConvertError
 
@@ -38,53 +40,82 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    begin: int  # absolute byte range in the file
+    end: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+def read_safetensors_header(path: Path) -> dict[str, _Entry]:
+    """The tensors a .safetensors file holds, from its header alone (nothing is mapped or loaded)."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            size = path.stat().st_size
+            if n > size - 8:
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(f.read(n))
+        entries = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            if info["dtype"] not in _ST_DTYPES:
+                raise ValueError(f"{key}: unsupported dtype {info['dtype']}")
+            begin, end = (8 + n + int(o) for o in info["data_offsets"])
+            dtype, shape = _ST_DTYPES[info["dtype"]], tuple(int(d) for d in info["shape"])
+            if end > size or end - begin != math.prod(shape) * dtype.itemsize:
+                raise ValueError(f"{key}: data range {info['data_offsets']} does not fit the file or its shape")
+            entries[key] = _Entry(path, begin, end, dtype, shape)
+        return entries
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ConvertError(f"cannot read {path}: {exc}") from exc
+
+
 class HFWeights:
-    """``{prefix: folder}`` -> tensors by NVLM-D key (``get``), their shapes (``shape``) and dtypes."""
+    """``{prefix: folder}`` -> tensors by NVLM-D key (``get``), their shapes (``shape``) and dtypes.
+
+    ``get`` reads one tensor's bytes with plain file reads, not a memory map, so the process holds
+    only the tensors in use (a map would keep every page it touched resident until closed).
+    """
 
     def __init__(self, folders: dict[str, Path], tie_lm_head: bool = False):
-        self._where: dict[str, tuple[Path, str]] = {}
-        self._handles: dict[Path, object] = {}
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        self._dtypes: dict[str, torch.dtype] = {}
+        self._where: dict[str, _Entry] = {}
         for prefix, folder in folders.items():
             for path in safetensors_files(folder):
-                handle = self._open(path)
-                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    name = prefix + key
-                    self._where[name] = (path, key)
-                    sl = handle.get_slice(key)
-                    self._shapes[name] = tuple(sl.get_shape())
-                    self._dtypes[name] = _ST_DTYPES.get(sl.get_dtype(), torch.float32)
+                for key, entry in read_safetensors_header(path).items():
+                    self._where[prefix + key] = entry
         if tie_lm_head and LM_HEAD not in self._where and EMBED in self._where:
             self._where[LM_HEAD] = self._where[EMBED]
-            self._shapes[LM_HEAD], self._dtypes[LM_HEAD] = self._shapes[EMBED], self._dtypes[EMBED]
-
-    def _open(self, path: Path):
-        if path not in self._handles:
-            try:
-                self._handles[path] = safe_open(str(path), framework="pt")
-            except Exception as exc:  # noqa: BLE001 - a broken file is a user error
-                raise ConvertError(f"cannot read {path}: {exc}") from exc
-        return self._handles[path]
 
     def keys(self) -> set[str]:
         return set(self._where)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self._shapes[key]
+        return self._where[key].shape
 
     def dtype(self) -> torch.dtype:
         """The dtype most weights have (what the converted checkpoint keeps)."""
         counts: dict[torch.dtype, int] = {}
-        for d in self._dtypes.values():
+        for d in (e.dtype for e in self._where.values()):
             counts[d] = counts.get(d, 0) + 1
         return max(counts, key=counts.get) if counts else torch.float32
 
     def get(self, key: str) -> torch.Tensor:
         if key not in self._where:
             raise ConvertError(f"HF weights have no {key!r}")
-        path, inner = self._where[key]
-        return self._open(path).get_tensor(inner)
+        e = self._where[key]
+        out = torch.empty(e.end - e.begin, dtype=torch.uint8)
+        try:
+            with open(e.path, "rb") as f:
+                f.seek(e.begin)
+                if f.readinto(memoryview(out.numpy())) != out.numel():
+                    raise OSError("file ends early")
+        except OSError as exc:
+            raise ConvertError(f"cannot read {key!r} from {e.path}: {exc}") from exc
+        return out.view(e.dtype).reshape(e.shape)
 
 
 def check_keys(weights: HFWeights, expected: dict[str, tuple[int, ...]], what: str) -> None:

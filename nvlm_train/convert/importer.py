@@ -1,15 +1,14 @@
 """HF -> mcore: an NVLM-D directory (or InternViT + Qwen2 directories) -> a checkpoint nvlm-train starts from.
 
-Everything is checked before any rank starts: the model config is derived from the HF config(s), and
-every HF key and shape is compared with what that config implies. Each rank then builds its part of
-our model at the requested TP/PP, fills every parameter from the HF tensors it needs (memory-mapped,
-merged by the mapping table's transform, cut to its shard by the model's own layout, which adds the
-padding) and all ranks save a ``checkpoints/`` folder with ``iter_0000000`` and the run config, which
-``checkpoint.init_from`` accepts. Distributed checkpoints reshard on load, so TP1/PP1 output serves
-any TP/PP whose padded shapes agree (vision heads / vocabulary padded to fixed multiples).
-
-Limitation: the model is materialised across the ranks (tp*pp processes on this machine); the 72B
-model needs about 160 GB of host memory in bf16 in total.
+Everything is checked before anything is written: the model config is derived from the HF config(s),
+every HF key and shape is compared with what that config implies, and the TP/PP the user will train
+at is checked against the padding. One process then builds our model on the meta device (no memory)
+and saves a ``checkpoints/`` folder with ``iter_0000000`` and the run config, which
+``checkpoint.init_from`` accepts. The save streams: each parameter is made from the HF tensors it
+needs (memory-mapped, merged by the mapping table's transform, padded by the model's own layout) only
+when the writer reaches it, so the peak is about one layer, not the model. The checkpoint is written
+at TP1/PP1; distributed checkpoints reshard on load, so it serves any TP/PP whose padded shapes agree
+(vision heads / vocabulary padded to fixed multiples, checked by ``check_layout``).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ class ImportOptions:
     hf: Path | None = None
     vision: Path | None = None
     language: Path | None = None
-    tp: int = 1
+    tp: int = 1  # the layout training will load it at: checked here, the checkpoint itself is TP1/PP1
     pp: int = 1
     dtype: str | None = None  # None: keep the HF weights' dtype
     force: bool = False
@@ -126,54 +125,89 @@ def _config_yaml(plan: ImportPlan, opts: ImportOptions) -> str:
     cfg = {
         "model": asdict(plan.model),
         "data": {"tokenizer_dir": str(plan.tokenizer_dir) if plan.tokenizer_dir else None},
-        "converted_from": {"sources": sources, "fresh_projector": plan.fresh_projector, "tp": opts.tp, "pp": opts.pp},
+        "converted_from": {"sources": sources, "fresh_projector": plan.fresh_projector,
+                           "checked_for": {"tp": opts.tp, "pp": opts.pp}},
     }
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
-def fill_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress: bool) -> int:
-    """One rank: build our model, fill it from the HF weights, save (collective). Returns tensors filled."""
-    from megatron.core import parallel_state
+def _producer(plan: ImportPlan, chunk, weights: HFWeights, padded_vocab: int, padded_heads: int, progress):
+    """``produce(param)`` for the streaming save: one parameter's values, made from the HF tensors."""
+    from nvlm_train.model.layout import full_shape, global_name, param_layout
+
+    rules = {r.mcore: r for r in expand(HF_TO_MCORE, plan.model)}
+    dims = dims_of(plan.model)
+    names = {id(p): global_name(local, chunk) for local, p in chunk.named_parameters()}
+    unmapped = [n for n in names.values() if n not in rules and not n.startswith("projector.")]
+    if unmapped or (not plan.fresh_projector and any(n not in rules for n in names.values())):
+        raise ConvertError(f"internal: no mapping rule for our parameters {unmapped or sorted(names.values())}")
+
+    def produce(param: torch.Tensor) -> torch.Tensor:
+        if not param.is_meta:  # made here already (a fresh projector)
+            progress(1)
+            return param.detach()
+        name = names[id(param)]
+        rule = rules[name]
+        full = TRANSFORMS[rule.op].merge([weights.get(k) for k in rule.hf], dims)
+        layout = param_layout(name, param, plan.model, 1, padded_vocab, padded_heads)
+        want = full_shape(layout, param.shape, 1)
+        if tuple(full.shape) != tuple(want):
+            raise ConvertError(f"{', '.join(rule.hf)} -> {name}: got {list(full.shape)}, need {list(want)}")
+        progress(1)
+        return layout.shard(full, 0, 1).to(param.dtype).contiguous()
+
+    return produce, len(names)
+
+
+def stream_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress: bool) -> int:
+    """Build our model on the meta device and save it, making each tensor from HF as it is written.
+
+    Runs at TP1/PP1 in one process; returns the number of parameters written.
+    """
     from tqdm import tqdm
 
     from nvlm_train.config.parallel import ParallelConfig
+    from nvlm_train.convert.streaming_save import StreamingTorchDistSave
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.init import initialize_parameters
-    from nvlm_train.model.layout import full_shape, global_name, param_layout
     from nvlm_train.model.transformer_config import Precision
     from nvlm_train.training.checkpoint import TrainingState, save_checkpoint
 
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    pp = parallel_state.get_pipeline_model_parallel_world_size()
-    rank = parallel_state.get_tensor_model_parallel_rank()
     precision = Precision(params_dtype=plan.dtype, bf16=plan.dtype == torch.bfloat16)
-    built = build_model(plan.model, ParallelConfig(tp=tp, pp=pp), precision, initialize=False)
+    with torch.device("meta"):
+        built = build_model(plan.model, ParallelConfig(), precision, initialize=False)
+    (chunk,) = built.chunks
+    if plan.fresh_projector:  # small: made for real, initialised as training would
+        chunk.projector.to_empty(device="cpu")
+        initialize_parameters(chunk.projector, plan.model, built.padded_vocab, built.padded_vision_heads)
     weights = HFWeights(plan.folders, tie_lm_head=plan.tie_lm_head)
-    rules = {r.mcore: r for r in expand(HF_TO_MCORE, plan.model)}
-    dims = dims_of(plan.model)
-    filled = 0
-    show = progress and torch.distributed.get_rank() == 0
-    with torch.no_grad():
-        for chunk in built.chunks:
-            if plan.fresh_projector and chunk.projector is not None:
-                initialize_parameters(chunk.projector, plan.model, built.padded_vocab, built.padded_vision_heads)
-            params = list(chunk.named_parameters())
-            for local, param in tqdm(params, desc="hf-to-mcore", file=sys.stderr, disable=not show):
-                name = global_name(local, chunk)
-                if plan.fresh_projector and name.startswith("projector."):
-                    continue
-                if name not in rules:
-                    raise ConvertError(f"internal: no mapping rule for our parameter {name}")
-                rule = rules[name]
-                full = TRANSFORMS[rule.op].merge([weights.get(k) for k in rule.hf], dims)
-                layout = param_layout(name, param, plan.model, tp, built.padded_vocab, built.padded_vision_heads)
-                want = full_shape(layout, param.shape, tp)
-                if tuple(full.shape) != tuple(want):
-                    raise ConvertError(f"{', '.join(rule.hf)} -> {name}: got {list(full.shape)}, need {list(want)}")
-                param.copy_(layout.shard(full, rank, tp).to(param.dtype))
-                filled += 1
-    save_checkpoint(Path(out_root), built.chunks, None, None, {}, TrainingState(iteration=0), config_yaml, keep_last=1)
-    return filled
+    with tqdm(desc="hf-to-mcore", unit="tensor", file=sys.stderr, disable=not progress) as bar:
+        produce, count = _producer(plan, chunk, weights, built.padded_vocab, built.padded_vision_heads, bar.update)
+        bar.total = count
+        with torch.no_grad():
+            save_checkpoint(Path(out_root), built.chunks, None, None, {}, TrainingState(iteration=0), config_yaml,
+                            keep_last=1, sharded_strategy=StreamingTorchDistSave(produce))
+    return count
+
+
+def check_layout(model: ModelConfig, tp: int, pp: int) -> None:
+    """The checkpoint is written at TP1/PP1 and resharded on load: check that TP ``tp`` x PP ``pp`` can load it."""
+    from nvlm_train.config.parallel import ParallelConfig
+    from nvlm_train.model.transformer_config import padded_vision_heads, padded_vocab_size
+
+    ParallelConfig(tp=tp, pp=pp).validate(tp * pp, model.language.num_layers)
+    lang = model.language
+    problems = [f"{what} ({n}) is not divisible by --tp {tp}"
+                for what, n in (("the LLM's attention heads", lang.num_attention_heads),
+                                ("the LLM's query groups", lang.num_query_groups)) if n % tp]
+    if padded_vision_heads(model, tp) != padded_vision_heads(model, 1):
+        problems.append(f"ViT heads pad to {padded_vision_heads(model, tp)} at TP{tp} but to "
+                        f"{padded_vision_heads(model, 1)} at TP1: raise --vision-head-multiple to a multiple of {tp}")
+    if padded_vocab_size(lang.vocab_size, tp, lang.vocab_pad_multiple) != padded_vocab_size(
+            lang.vocab_size, 1, lang.vocab_pad_multiple):
+        problems.append(f"the vocabulary pads differently at TP{tp}: use a --vocab-multiple divisible by {tp}")
+    if problems:
+        raise ConvertError("the checkpoint could not be loaded at the requested layout:\n  " + "\n  ".join(problems))
 
 
 def import_hf(opts: ImportOptions) -> Path:
@@ -182,9 +216,8 @@ def import_hf(opts: ImportOptions) -> Path:
     if opts.tp < 1 or opts.pp < 1:
         raise ConvertError("--tp and --pp must be >= 1")
     plan, _ = plan_import(opts)
-    if plan.model.language.num_layers % opts.pp:
-        raise ConvertError(f"--pp {opts.pp} does not divide the LLM's {plan.model.language.num_layers} layers")
     config_yaml = _config_yaml(plan, opts)
+    check_layout(plan.model, opts.tp, opts.pp)
     with staged_output(opts.out, opts.force) as tmp:
-        run_ranks(fill_and_save, opts.tp, opts.pp, plan, str(tmp), config_yaml, opts.progress)
+        run_ranks(stream_and_save, 1, 1, plan, str(tmp), config_yaml, opts.progress)
     return Path(opts.out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ ONE_WORD = " Answer with one word."
 HELDOUT_QUESTIONS = {"colour": "What colour is the shape?" + ONE_WORD, "shape": "What shape is shown?" + ONE_WORD}
 CAPTION_TEMPLATES = ("a {c} {s} on a plain background", "a picture of a {c} {s}", "a {s} coloured {c}")
 MIN_SIDE, MAX_SIDE = 64, 400
+# Wider than this and the thumbnail tile squashes a shape until circle, square and cross blur together.
+MAX_ASPECT = 2.5
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,11 @@ class ShapeSpec:
 
 
 def random_spec(rng: random.Random) -> ShapeSpec:
-    return ShapeSpec(rng.choice(list(COLOURS)), rng.choice(SHAPES),
-                     rng.randint(MIN_SIDE, MAX_SIDE), rng.randint(MIN_SIDE, MAX_SIDE))
+    colour, shape = rng.choice(list(COLOURS)), rng.choice(SHAPES)
+    long_side = rng.randint(MIN_SIDE, MAX_SIDE)
+    short_side = rng.randint(max(MIN_SIDE, math.ceil(long_side / MAX_ASPECT)), long_side)
+    width, height = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+    return ShapeSpec(colour, shape, width, height)
 
 
 def draw(spec: ShapeSpec, rng: random.Random) -> Image.Image:
@@ -149,6 +155,15 @@ def _train_sample(rng: random.Random) -> dict[str, bytes]:
     if r < 0.2:
         return text_only_sample(rng)
     return single_image_sample(rng)
+
+
+# Bumped whenever the generator's output changes, so caches keyed by demo_data_root() are rebuilt.
+SYNTH_VERSION = 2
+
+
+def demo_data_root(cache: str | Path, n_train: int, n_heldout: int, seed: int) -> Path:
+    """Where the trainer and the demo cache the synthetic shards for these arguments."""
+    return Path(cache) / f"demo-v{SYNTH_VERSION}-{n_train}-{n_heldout}-seed{seed}"
 
 
 def write_synthetic_shards(

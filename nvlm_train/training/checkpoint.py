@@ -144,8 +144,11 @@ def _sharded_state(chunks, optimizer, scheduler, loader_state, state: TrainingSt
 
 
 def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict, state: TrainingState,
-                    config_yaml: str, keep_last: int) -> Path:
-    """Collective. Write ``iter_<state.iteration>`` beside the others, publish it, prune old ones."""
+                    config_yaml: str, keep_last: int, sharded_strategy=None) -> Path:
+    """Collective. Write ``iter_<state.iteration>`` beside the others, publish it, prune old ones.
+
+    ``sharded_strategy``: a megatron save strategy for the tensors (default: megatron's torch_dist).
+    """
     root = Path(root)
     final = iteration_dir(root, state.iteration)
     tmp = final.with_name(final.name + ".tmp")
@@ -157,7 +160,7 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
         tmp.mkdir()
     dist.barrier()
     sd = _sharded_state(chunks, optimizer, scheduler, loader_state, state, config_yaml, is_loading=False)
-    dist_checkpointing.save(sd, str(tmp))
+    dist_checkpointing.save(sd, str(tmp), sharded_strategy=sharded_strategy)
     _fault_injection_point("after_write")
     dist.barrier()
     if rank0:

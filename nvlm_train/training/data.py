@@ -15,9 +15,10 @@ from nvlm_train.data.shards import default_cache_dir
 
 
 def demo_data_dir(cfg: TrainConfig) -> Path:
+    from nvlm_train.data.synth import demo_data_root
+
     base = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
-    d = cfg.data
-    return base / f"demo-{d.demo_train_samples}-{d.demo_heldout_samples}-seed{cfg.train.seed}"
+    return demo_data_root(base, cfg.data.demo_train_samples, cfg.data.demo_heldout_samples, cfg.train.seed)
 
 
 def ensure_demo_data(cfg: TrainConfig) -> Path:

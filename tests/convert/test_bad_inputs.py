@@ -135,3 +135,26 @@ def test_failure_midway_leaves_nothing(ckpt_tp1, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk on fire"):
         export_checkpoint(ExportOptions(ckpt_tp1, out, max_shard_bytes=50_000, progress=False))
     _no_leftovers(out)
+
+
+def test_layout_that_cannot_load_the_checkpoint_is_refused(hf_source, tmp_path):
+    out = tmp_path / "out"
+    # nvlm_d_tiny's LLM has 4 heads in 2 query groups: TP4 cannot split the groups.
+    with pytest.raises(ConvertError, match=r"query groups \(2\) is not divisible by --tp 4"):
+        import_hf(ImportOptions(out=out, hf=hf_source, tp=4, model_config="nvlm_d_tiny", progress=False))
+    # ViT heads padded to a multiple of 2 would need re-padding at TP4 (5 -> 6 at TP1, 8 at TP4).
+    with pytest.raises(ConvertError, match="raise --vision-head-multiple"):
+        import_hf(ImportOptions(out=out, hf=hf_source, tp=4, vision_head_multiple=2, progress=False))
+    proc = cli("hf-to-mcore", "--hf", str(hf_source), "--out", str(out), "--pp", "3", check=False)
+    assert proc.returncode == 1 and "not divisible by parallel.pp = 3" in proc.stderr, proc.stderr
+    _no_leftovers(out)
+
+
+def test_truncated_safetensors_is_named(hf_source, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(hf_source, broken)
+    shard = sorted(broken.glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ConvertError, match=f"cannot read {shard}.*does not fit the file"):
+        import_hf(ImportOptions(out=tmp_path / "out", hf=broken, progress=False))
+    _no_leftovers(tmp_path / "out")

@@ -1,7 +1,7 @@
 """mcore checkpoints saved at TP1, TP2 and PP2 -> HF: same weights, same logits, same greedy tokens.
 
-TP1 is ``hf-to-mcore``'s own output; TP2 is what the trainer does with it (``init_from`` at TP2: the
-architecture check, a resharding load, then a TP2 save); PP2 is ``hf-to-mcore --pp 2`` (two spawned ranks).
+TP1 is ``hf-to-mcore``'s own (streamed) output; TP2 and PP2 are what the trainer does with it
+(``init_from`` at TP2 or PP2: the architecture check, a resharding load, then a save at that layout).
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ RUN_AT = {"tp1": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}  # our model runs at the 
 def checkpoints(hf_source, ckpt_tp1, tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
     run_ranks(resave_worker, 2, 2, 1, str(ckpt_tp1), str(root / "tp2"))
-    cli("hf-to-mcore", "--hf", str(hf_source), "--out", str(root / "pp2"), "--pp", "2",
-        "--model-config", "nvlm_d_tiny", "--no-progress")
+    run_ranks(resave_worker, 2, 1, 2, str(ckpt_tp1), str(root / "pp2"))
     return {"tp1": ckpt_tp1, "tp2": root / "tp2", "pp2": root / "pp2"}
 
 

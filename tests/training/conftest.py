@@ -1,4 +1,4 @@
-"""Shared fixtures: the synthetic demo data (built once per session) and a training launcher."""
+"""A training launcher for tests (the demo data fixture ``data_cache`` lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.demo_data import DEMO_HELDOUT, DEMO_TRAIN, SEED
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_TRAIN, DEMO_HELDOUT, SEED = 240, 24, 1234
-
-
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory) -> Path:
-    """A data cache holding the demo shards the trainer expects for these sizes and seed."""
-    from nvlm_train.data.synth import write_synthetic_shards
-
-    cache = tmp_path_factory.mktemp("nvlm_cache")
-    root = cache / f"demo-{DEMO_TRAIN}-{DEMO_HELDOUT}-seed{SEED}"
-    write_synthetic_shards(root, DEMO_TRAIN, DEMO_HELDOUT, seed=SEED)
-    (root / ".complete").write_text("ok\n")
-    return cache
 
 
 def base_overrides(cache: Path, run_dir: Path, iters: int = 4) -> list[str]:
