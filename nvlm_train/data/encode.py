@@ -16,7 +16,7 @@ from nvlm_train.data.errors import NO_ASSISTANT_REPLY, SPECIAL_TOKEN_IN_TEXT, TO
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, open_image, to_rgb
 from nvlm_train.data.prompt import SPECIAL_TOKENS, build_segments
 from nvlm_train.data.samples import Conversation
-from nvlm_train.data.tiling import num_tiles, tile_image
+from nvlm_train.data.tiling import num_tiles, tile_image_uint8
 from nvlm_train.data.tokenizer import TextTokenizer
 
 TILE_LADDER = (8, 6, 4, 2, 1)
@@ -38,7 +38,7 @@ class EncodedSample:
 
     tokens: np.ndarray  # int64 [L]
     targets: np.ndarray  # bool [L]
-    pixel_values: torch.Tensor  # float32 [num_tiles, 3, S, S]
+    pixel_values: torch.Tensor  # uint8 [num_tiles, 3, S, S]; the model normalises (tiling.normalize_pixels)
     tiles_per_image: tuple[int, ...] = ()
 
     def __len__(self) -> int:
@@ -89,11 +89,12 @@ def encode_conversation(conv: Conversation, tok: TextTokenizer, opts: EncodeOpti
         raise SampleError(SPECIAL_TOKEN_IN_TEXT, f"{n_ctx} image-context tokens for {sum(tiles)} tiles")
     pixels = []
     for im, n in zip(images, tiles):
-        t = tile_image(to_rgb(im), max_num=per_image, image_size=opts.image_size, use_thumbnail=opts.use_thumbnail)
+        t = tile_image_uint8(to_rgb(im), max_num=per_image, image_size=opts.image_size,
+                             use_thumbnail=opts.use_thumbnail)
         assert t.shape[0] == n, (t.shape, n)
         pixels.append(t)
     s = opts.image_size
-    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, s, s), dtype=torch.float32)
+    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, s, s), dtype=torch.uint8)
     return EncodedSample(tokens=tokens, targets=targets, pixel_values=pv, tiles_per_image=tiles)
 
 
@@ -112,9 +113,9 @@ def encode_prompt(
     (each image gets ``max_tiles`` tiles at most, plus the thumbnail), without the token budget.
     """
     rgb = [to_rgb(im) for im in images]
-    pixels = [tile_image(im, max_num=max_tiles, image_size=image_size) for im in rgb]
+    pixels = [tile_image_uint8(im, max_num=max_tiles, image_size=image_size) for im in rgb]
     tiles = [p.shape[0] for p in pixels]
     segments = build_segments(messages, tiles, tokens_per_tile, system=system, add_generation_prompt=True)
     tokens, _ = tokenize_segments(segments, tok)
-    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.float32)
+    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
     return tokens, pv

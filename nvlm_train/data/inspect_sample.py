@@ -29,11 +29,13 @@ def token_view(sample: EncodedSample, tok: TextTokenizer) -> str:
 
 
 def contact_sheet(pixel_values: torch.Tensor, columns: int = 8, gap: int = 4) -> Image.Image:
-    """Un-normalise tiles [n, 3, S, S] into one RGB image, tiles row-major with a grey gap."""
+    """Tiles [n, 3, S, S] (uint8, or normalised floats) as one RGB image, row-major with a grey gap."""
     n, _, s, _ = pixel_values.shape
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    tiles = ((pixel_values * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if pixel_values.dtype != torch.uint8:
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        pixel_values = ((pixel_values * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    tiles = pixel_values.permute(0, 2, 3, 1).numpy()
     cols = max(1, min(columns, n))
     rows = max(1, -(-n // cols))
     sheet = np.full((rows * (s + gap) + gap, cols * (s + gap) + gap, 3), 128, dtype=np.uint8)

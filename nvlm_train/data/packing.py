@@ -4,7 +4,8 @@ Batch contract (DESIGN.md section 4 / issue 3): ``tokens``, ``labels`` (next tok
 sample), ``loss_mask`` (1 where the label is an assistant token; 0 on the last position of each
 sample and on padding), ``position_ids`` (restart per sample), ``seq_boundaries`` (cumulative
 segment starts per row, trailing padding its own segment, rows padded by repeating s),
-``num_samples``, ``pixel_values`` in image-run order (row-major).
+``num_samples``, ``pixel_values`` (uint8 [tiles, 3, S, S]; the model normalises them on the device)
+in image-run order (row-major).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def collate(
         bounds.append(starts)
     width = max(len(x) for x in bounds)
     seq_boundaries = np.array([x + [s] * (width - len(x)) for x in bounds], dtype=np.int64)
-    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.float32)
+    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
     n_ctx = int((tokens == image_context_id).sum())
     assert n_ctx == pv.shape[0] * tokens_per_tile, (
         f"batch has {n_ctx} image-context tokens but {pv.shape[0]} tiles x {tokens_per_tile}")

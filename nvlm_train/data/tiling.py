@@ -101,11 +101,16 @@ def normalize_(out: np.ndarray) -> np.ndarray:
     return out
 
 
-def normalize_uint8(tiles: np.ndarray) -> torch.Tensor:
-    """uint8 [n, H, W, 3] -> float32 [n, 3, H, W] ImageNet-normalised (identical to ToTensor+Normalize)."""
-    out = np.empty((tiles.shape[0], 3, tiles.shape[1], tiles.shape[2]), dtype=np.float32)
-    np.copyto(out, tiles.transpose(0, 3, 1, 2), casting="unsafe")
-    return torch.from_numpy(normalize_(out))
+def normalize_pixels(tiles: torch.Tensor) -> torch.Tensor:
+    """uint8 [n, 3, H, W] -> float32 ImageNet-normalised tiles, on whatever device ``tiles`` is.
+
+    torchvision's ToTensor + Normalize as IEEE float32 ops in the same order (``x / 255``, ``- mean``,
+    ``/ std``), so the result is bit-identical to the card's on CPU and GPU alike. The model calls it
+    on uint8 batches: the data workers never touch floats.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=tiles.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=tiles.device).view(1, 3, 1, 1)
+    return tiles.to(torch.float32).div_(255).sub_(mean).div_(std)
 
 
 def _grid_and_thumb(image: Image.Image, max_num: int, image_size: int, use_thumbnail: bool):
@@ -118,26 +123,30 @@ def _grid_and_thumb(image: Image.Image, max_num: int, image_size: int, use_thumb
 
 def tile_image_uint8(
     image: Image.Image, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
-) -> np.ndarray:
-    """The same tiles as ``dynamic_preprocess`` as one uint8 [n, S, S, 3] array (``image`` must be RGB)."""
+) -> torch.Tensor:
+    """Training route: the same tiles as ``dynamic_preprocess`` as one uint8 [n, 3, S, S] tensor.
+
+    The card's two PIL resizes (grid and thumbnail, same filter), then one strided byte copy from the
+    resized HWC arrays into CHW: no PIL crops, no per-tile tensors, no floats (``normalize_pixels`` on
+    the device gives exactly the card's ``load_image`` numbers). ``image`` must be RGB.
+    """
     s = image_size
     cols, rows, grid, thumb = _grid_and_thumb(image, max_num, s, use_thumbnail)
     blocks = cols * rows
-    out = np.empty((blocks + (thumb is not None), s, s, 3), dtype=np.uint8)
-    out[:blocks] = grid.reshape(rows, s, cols, s, 3).transpose(0, 2, 1, 3, 4).reshape(blocks, s, s, 3)
+    out = np.empty((blocks + (thumb is not None), 3, s, s), dtype=np.uint8)
+    out[:blocks].reshape(rows, cols, 3, s, s)[...] = grid.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3)
     if thumb is not None:
-        out[blocks] = thumb
-    return out
+        out[blocks] = thumb.transpose(2, 0, 1)
+    return torch.from_numpy(out)
 
 
 def tile_image(
     image: Image.Image, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
 ) -> torch.Tensor:
-    """Training route: float32 [n, 3, S, S] normalised tiles, equal to the card's ``load_image`` output.
+    """float32 [n, 3, S, S] normalised tiles, equal to the card's ``load_image`` output.
 
-    The card's two PIL resizes (grid and thumbnail, same filter), then one strided copy from the
-    resized HWC arrays straight into the CHW float output and an in-place normalisation: no PIL
-    crops, no per-tile tensors. ``image`` must be RGB.
+    The two resizes of ``tile_image_uint8``, then one strided copy straight into the CHW float output
+    and an in-place normalisation. ``image`` must be RGB.
     """
     s = image_size
     cols, rows, grid, thumb = _grid_and_thumb(image, max_num, s, use_thumbnail)

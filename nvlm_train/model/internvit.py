@@ -8,6 +8,7 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nvlm_train.config.model import VisionConfig
+from nvlm_train.data.tiling import normalize_pixels
 from nvlm_train.model.specs import internvit_layer_spec
 
 
@@ -38,7 +39,9 @@ class InternViT(MegatronModule):
         )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        # pixel_values: [n, 3, H, W]
+        # pixel_values: [n, 3, H, W], uint8 from the data pipeline or already-normalised floats
+        if pixel_values.dtype == torch.uint8:
+            pixel_values = normalize_pixels(pixel_values)  # on the device: the card's exact float32 numbers
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # [n, C, h, w]
         x = x.flatten(2).transpose(1, 2)  # [n, h*w, C]
         cls = self.class_embedding.expand(x.shape[0], -1, -1)

@@ -1,4 +1,4 @@
-"""``nvlm-train`` starts a stage from ``hf-to-mcore``'s output at TP2 and at PP2 (the converted weights, not an init)."""
+"""``nvlm-train`` starts a stage from ``hf-to-mcore``'s output at TP2 and at PP2 (converted weights, not an init)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,15 @@
+import io
+
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from nvlm_train.data.encode import EncodeOptions, encode_conversation, tile_budgets
 from nvlm_train.data.errors import SampleError
 from nvlm_train.data.prompt import format_chatml
 from nvlm_train.data.samples import Conversation
+from tests.data.card_reference import card_load_image
 from tests.data.helpers import png
 
 OPTS = EncodeOptions(seq_length=4096, tokens_per_tile=4, image_size=28, max_tiles=12)
@@ -22,6 +27,11 @@ def test_loss_mask_covers_exactly_the_assistant_replies(tok):
     assert s.tiles_per_image == (3,)  # 2x1 grid + thumbnail
     assert s.pixel_values.shape == (3, 3, 28, 28)
     assert int((s.tokens == tok.image_context_id).sum()) == 3 * 4
+    # uint8 in the batch; what the model computes from it is exactly the card's load_image output.
+    from nvlm_train.data.tiling import normalize_pixels
+
+    card = card_load_image(Image.open(io.BytesIO(conv.images[0])), input_size=28, max_num=12)
+    assert s.pixel_values.dtype == torch.uint8 and torch.equal(normalize_pixels(s.pixel_values), card)
 
 
 def test_text_only(tok):
@@ -87,11 +97,12 @@ def test_encode_prompt_for_evaluation(tok):
     from PIL import Image
 
     from nvlm_train.data.encode import encode_prompt
-    from nvlm_train.data.tiling import load_image
+    from nvlm_train.data.tiling import load_image, normalize_pixels
 
     img = Image.new("P", (90, 30))
     tokens, pv = encode_prompt([("user", "What colour?")], [img], tok, tokens_per_tile=4, image_size=28, max_tiles=6)
     text = format_chatml([("user", "What colour?")], [4], 4, add_generation_prompt=True)
     assert text.startswith("<|im_start|>user\n<Image><tile_1>") and text.endswith("<|im_start|>assistant\n")
     assert tokens.tolist() == tok.encode(text)
-    assert pv.shape == (4, 3, 28, 28) and (pv == load_image(img, 28, 6)).all()
+    assert pv.shape == (4, 3, 28, 28) and pv.dtype == torch.uint8
+    assert torch.equal(normalize_pixels(pv), load_image(img, 28, 6))

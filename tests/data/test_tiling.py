@@ -74,15 +74,19 @@ def test_num_tiles_agrees_with_tiler():
 
 def test_normalisation_is_bit_identical_for_every_value():
     values = torch.arange(256, dtype=torch.uint8)
-    img = values.view(1, 16, 16, 1).expand(1, 16, 16, 3).contiguous().numpy()
-    ours = tiling.normalize_uint8(img)
-    x = torch.from_numpy(img).permute(0, 3, 1, 2).float().div(255)
+    img = values.view(1, 1, 16, 16).expand(1, 3, 16, 16).contiguous()
+    ours = tiling.normalize_pixels(img)
+    x = img.float().div(255)  # torchvision ToTensor, then Normalize
     mean = torch.tensor(tiling.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(tiling.IMAGENET_STD).view(1, 3, 1, 1)
     assert torch.equal(ours, (x - mean) / std)
+    # ... and the numpy float route that load_image uses gives the same numbers.
+    f = img.numpy().astype(np.float32)
+    assert torch.equal(ours, torch.from_numpy(tiling.normalize_(f)))
 
 
 def test_uint8_route_equals_float_route():
     img = _noise(130, 61, seed=11)
     u = tiling.tile_image_uint8(img, max_num=6, image_size=28)
-    assert torch.equal(tiling.normalize_uint8(u), tiling.tile_image(img, max_num=6, image_size=28))
+    assert u.dtype == torch.uint8 and u.shape[1:] == (3, 28, 28)
+    assert torch.equal(tiling.normalize_pixels(u), tiling.tile_image(img, max_num=6, image_size=28))

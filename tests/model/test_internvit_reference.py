@@ -1,7 +1,8 @@
 """Our megatron InternViT equals transformers' native InternVLVisionModel (not written by us).
 
 The reference is configured as InternViT-6B's layer type: RMSNorm, q/k RMSNorm over the full
-width, LayerScale, no qkv bias, no final norm. Checked at TP1 (no padding) and at TP2, where the tiny
+width, LayerScale, no qkv bias, no final norm. Ours is fed uint8 tiles (normalised inside), the
+reference the card's normalised floats. Checked at TP1 (no padding) and at TP2, where the tiny
 model's 5 heads are zero-padded to 6 (TP-derived) or 8 (fixed multiple, the tiny config's default).
 """
 
@@ -16,6 +17,7 @@ from tests.dist import run_ranks
 def vit_worker(rank, world, tp, multiple):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
+    from nvlm_train.data.tiling import normalize_pixels
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.gather import gather_full
     from nvlm_train.parallel.initialize import initialize_distributed
@@ -27,9 +29,12 @@ def vit_worker(rank, world, tp, multiple):
     initialize_distributed(parallel, seed=3)
     built = build_model(model_cfg, parallel)
     vit = built.chunks[0].vision_model
-    pixels = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    # uint8 tiles as the data pipeline delivers them; the reference gets the card's normalised floats.
+    raw = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = normalize_pixels(raw)
     with torch.no_grad():
-        out = vit(pixels)
+        out = vit(raw)
+        assert torch.equal(out, vit(pixels))
     params = gather_full(built, model_cfg, "param")
     vision = {k[len("vision_model."):]: v for k, v in params.items() if k.startswith("vision_model.")}
     return {"out": out, "params": vision, "pixels": pixels, "heads": built.padded_vision_heads} if rank == 0 else None
