@@ -6,7 +6,7 @@ Steps (each reuses what an earlier run already built):
 2. training with torchrun on 2 processes with tensor parallelism (TP2; on a GPU machine one
    process per GPU, up to 2), live progress and periodic checkpoints;
 3. held-out exact-match accuracy of the megatron checkpoint (chance: 25% for shapes, 20% for colours;
-   the target is 90%: a result below it is reported, not hidden);
+   the target is 90%: below it the demo exits with status 3);
 4. export to HF with ``nvlm-convert mcore-to-hf`` and the same accuracy through ``model.chat``
    loaded the model card's way (``AutoModel`` + ``trust_remote_code``);
 5. a loss-curve PNG; the last line printed is one JSON object with the results and paths.
@@ -71,8 +71,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m nvlm_train.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default=os.environ.get("NVLM_DEMO_DIR", str(REPO / "runs" / "demo")),
                    help="where the run, the export and the plot go (default: runs/demo)")
-    p.add_argument("--iters", type=int, default=600, help="training iterations")
-    p.add_argument("--train-samples", type=int, default=3000, help="synthetic training samples")
+    p.add_argument("--iters", type=int, default=1600, help="training iterations")
+    p.add_argument("--train-samples", type=int, default=8000, help="synthetic training samples")
     p.add_argument("--heldout-samples", type=int, default=200, help="held-out questions")
     p.add_argument("--fast", action="store_true",
                    help="a quick smoke version (tests): few iterations and samples, no accuracy threshold")
@@ -151,14 +151,16 @@ def main(argv=None) -> int:
     if not agree:
         _say(f"FAILED: HF chat accuracy {hf['accuracy']:.1%} differs from megatron's by more than 2 points")
     if not meets and not args.fast:
-        _say(f"BELOW TARGET: held-out accuracy {mega['accuracy']:.1%} < {MIN_ACCURACY:.0%} (see README, Known limits)")
+        _say(f"FAILED: held-out accuracy {mega['accuracy']:.1%} is below the {MIN_ACCURACY:.0%} target")
     print(json.dumps({
         "accuracy": hf["accuracy"], "megatron_accuracy": mega["accuracy"], "run_dir": str(run_dir),
         "checkpoint": str(checkpoint), "hf_dir": str(hf_dir), "heldout": heldout, "loss_curve": str(png),
         "parallelism": what, "elapsed_s": round(elapsed, 1), "per_task": mega["per_task"],
         "meets_accuracy_target": meets,
     }))
-    return 0 if agree else 1
+    if not agree:
+        return 1
+    return 0 if meets or args.fast else 3
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ def tiny_overrides(cache_dir: Path, **extra) -> list[str]:
         "optimizer.warmup_iters": 1,
         "train.log_interval": 1,
         "train.eval_interval": 0,
+        # smaller steps than the demo's (16 rows), with multi-tile images: quick, and tiles get split
+        "train.micro_batch_size": 4,
+        "train.global_batch_size": 8,
+        "data.max_tiles": 2,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -19,7 +19,7 @@ def base_overrides(cache: Path, run_dir: Path, iters: int = 4) -> list[str]:
         f"data.demo_train_samples={DEMO_TRAIN}", f"data.demo_heldout_samples={DEMO_HELDOUT}",
         f"train.seed={SEED}", f"train.iters={iters}", "train.log_interval=1", "train.eval_interval=0",
         "train.save_interval=0", "optimizer.warmup_iters=1", "train.micro_batch_size=2",
-        "train.global_batch_size=4", "train.seq_length=192",
+        "train.global_batch_size=4", "train.seq_length=192", "data.max_tiles=2",
     ]
 
 
