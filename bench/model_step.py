@@ -91,7 +91,9 @@ def synthetic_batch(model: ModelConfig, rows: int, seq_length: int, tiles: int, 
     loss_mask[:, -1] = 0.0
     position_ids = torch.arange(seq_length).expand(rows, -1).contiguous()
     size = model.vision.image_size
-    pixel_values = torch.randn(rows * tiles, model.vision.num_channels, size, size, generator=gen)
+    # uint8 tiles, as the data pipeline delivers them (the ViT normalises them on the device)
+    pixel_values = torch.randint(0, 256, (rows * tiles, model.vision.num_channels, size, size), generator=gen,
+                                 dtype=torch.uint8)
     return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
             "pixel_values": pixel_values}
 

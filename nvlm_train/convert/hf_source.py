@@ -1,4 +1,4 @@
-"""Lazy, memory-mapped access to the weights of HF directories under NVLM-D key names.
+"""Lazy access to the weights of HF directories under NVLM-D key names, one tensor at a time.
 
 An NVLM-D directory is read as is; an InternViT directory is seen under ``vision_model.`` and a Qwen2
 directory under ``language_model.`` (their own keys are ``embeddings.*`` / ``encoder.*`` and
@@ -58,19 +58,24 @@ def read_safetensors_header(path: Path) -> dict[str, _Entry]:
             if n > size - 8:
                 raise ValueError(f"header length {n} exceeds the file")
             header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         entries = {}
         for key, info in header.items():
             if key == "__metadata__":
                 continue
             if info["dtype"] not in _ST_DTYPES:
                 raise ValueError(f"{key}: unsupported dtype {info['dtype']}")
-            begin, end = (8 + n + int(o) for o in info["data_offsets"])
+            first, last = (int(o) for o in info["data_offsets"])
+            if not 0 <= first <= last:
+                raise ValueError(f"{key}: bad data_offsets {info['data_offsets']}")
+            begin, end = 8 + n + first, 8 + n + last
             dtype, shape = _ST_DTYPES[info["dtype"]], tuple(int(d) for d in info["shape"])
             if end > size or end - begin != math.prod(shape) * dtype.itemsize:
                 raise ValueError(f"{key}: data range {info['data_offsets']} does not fit the file or its shape")
             entries[key] = _Entry(path, begin, end, dtype, shape)
         return entries
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
         raise ConvertError(f"cannot read {path}: {exc}") from exc
 
 

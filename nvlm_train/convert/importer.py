@@ -5,10 +5,11 @@ every HF key and shape is compared with what that config implies, and the TP/PP 
 at is checked against the padding. One process then builds our model on the meta device (no memory)
 and saves a ``checkpoints/`` folder with ``iter_0000000`` and the run config, which
 ``checkpoint.init_from`` accepts. The save streams: each parameter is made from the HF tensors it
-needs (memory-mapped, merged by the mapping table's transform, padded by the model's own layout) only
-when the writer reaches it, so the peak is about one layer, not the model. The checkpoint is written
-at TP1/PP1; distributed checkpoints reshard on load, so it serves any TP/PP whose padded shapes agree
-(vision heads / vocabulary padded to fixed multiples, checked by ``check_layout``).
+needs (read from the safetensors files, merged by the mapping table's transform, padded by the
+model's own layout) only when the writer reaches it, so the peak is about one layer, not the model.
+The checkpoint is written at TP1/PP1; distributed checkpoints reshard on load, so it serves any
+TP/PP whose padded shapes agree (vision heads / vocabulary padded to fixed multiples, checked by
+``check_layout``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.distributed.checkpoint.api import CheckpointException
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.convert.dist_runtime import run_ranks
@@ -143,10 +145,14 @@ def _producer(plan: ImportPlan, chunk, weights: HFWeights, padded_vocab: int, pa
         raise ConvertError(f"internal: no mapping rule for our parameters {unmapped or sorted(names.values())}")
 
     def produce(param: torch.Tensor) -> torch.Tensor:
-        if not param.is_meta:  # made here already (a fresh projector)
+        name = names.get(id(param))
+        if name is None:
+            raise ConvertError(f"internal: the checkpoint holds a tensor {list(param.shape)} that is not a parameter")
+        if plan.fresh_projector and name.startswith("projector."):  # made and initialised for real already
             progress(1)
             return param.detach()
-        name = names[id(param)]
+        if not param.is_meta:
+            raise ConvertError(f"internal: {name} was built outside the meta device and would be saved uninitialised")
         rule = rules[name]
         full = TRANSFORMS[rule.op].merge([weights.get(k) for k in rule.hf], dims)
         layout = param_layout(name, param, plan.model, 1, padded_vocab, padded_heads)
@@ -174,8 +180,7 @@ def stream_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress:
     from nvlm_train.training.checkpoint import TrainingState, save_checkpoint
 
     precision = Precision(params_dtype=plan.dtype, bf16=plan.dtype == torch.bfloat16)
-    with torch.device("meta"):
-        built = build_model(plan.model, ParallelConfig(), precision, initialize=False)
+    built = build_model(plan.model, ParallelConfig(), precision, initialize=False, meta=True)
     (chunk,) = built.chunks
     if plan.fresh_projector:  # small: made for real, initialised as training would
         chunk.projector.to_empty(device="cpu")
@@ -184,9 +189,16 @@ def stream_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress:
     with tqdm(desc="hf-to-mcore", unit="tensor", file=sys.stderr, disable=not progress) as bar:
         produce, count = _producer(plan, chunk, weights, built.padded_vocab, built.padded_vision_heads, bar.update)
         bar.total = count
-        with torch.no_grad():
-            save_checkpoint(Path(out_root), built.chunks, None, None, {}, TrainingState(iteration=0), config_yaml,
-                            keep_last=1, sharded_strategy=StreamingTorchDistSave(produce))
+        try:
+            with torch.no_grad():
+                save_checkpoint(Path(out_root), built.chunks, None, None, {}, TrainingState(iteration=0),
+                                config_yaml, keep_last=1, sharded_strategy=StreamingTorchDistSave(produce))
+        except CheckpointException as exc:  # DCP wraps what ``produce`` raised: surface our message
+            for failure in exc.failures.values():
+                cause = failure[0] if isinstance(failure, tuple) else failure
+                if isinstance(cause, ConvertError):
+                    raise cause from exc
+            raise
     return count
 
 
@@ -199,7 +211,10 @@ def check_layout(model: ModelConfig, tp: int, pp: int) -> None:
     lang = model.language
     problems = [f"{what} ({n}) is not divisible by --tp {tp}"
                 for what, n in (("the LLM's attention heads", lang.num_attention_heads),
-                                ("the LLM's query groups", lang.num_query_groups)) if n % tp]
+                                ("the LLM's query groups", lang.num_query_groups),
+                                ("the LLM's FFN width", lang.ffn_hidden_size),
+                                ("the ViT's FFN width", model.vision.ffn_hidden_size),
+                                ("the projector's FFN width", model.projector.ffn_hidden_size)) if n % tp]
     if padded_vision_heads(model, tp) != padded_vision_heads(model, 1):
         problems.append(f"ViT heads pad to {padded_vision_heads(model, tp)} at TP{tp} but to "
                         f"{padded_vision_heads(model, 1)} at TP1: raise --vision-head-multiple to a multiple of {tp}")

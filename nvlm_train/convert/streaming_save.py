@@ -3,8 +3,9 @@
 megatron's own ``torch_dist`` writer resolves every tensor before writing, so saving a model means
 holding it. The importer builds the model on the meta device instead and gives this strategy a
 ``produce(param)`` function returning one parameter's real values; torch DCP's ``FileSystemWriter``
-asks for one item at a time, so the peak is about one layer, not the model. The files are the
-standard ``torch_dist`` format: megatron (and ``nvlm-train``) load them at any TP/PP.
+asks for one item at a time and, with a file per item, drops it once written, so the peak is about
+one layer, not the model. The files are the standard ``torch_dist`` format: megatron (and
+``nvlm-train``) load them at any TP/PP.
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ class _LazyPlanner(MCoreSavePlanner):
         index = write_item.index
         view = self._shards[(index.fqn, tuple(index.offset))]
         base = view if view._base is None else view._base
+        if not base.is_contiguous():
+            raise RuntimeError(f"{index.fqn}: its parameter is not contiguous; cannot map the shard onto it")
         full = self._values_of(base)
-        if tuple(full.shape) != tuple(base.shape) or not full.is_contiguous():
+        if tuple(full.shape) != tuple(base.shape) or full.stride() != base.stride():
             raise RuntimeError(f"{index.fqn}: produced {list(full.shape)}, need {list(base.shape)} (contiguous)")
         # The shard is a view of its parameter (e.g. one half of a fused fc1): cut the same view.
-        piece = full.as_strided(view.shape, view.stride(), view.storage_offset())
+        piece = full.as_strided(view.shape, view.stride(), view.storage_offset() - base.storage_offset())
         return piece.reshape(write_item.tensor_data.chunk.sizes)
 
 
@@ -72,5 +75,7 @@ class StreamingTorchDistSave(SaveShardedStrategy):
         shards = {(sh.key, tuple(sh.global_offset)): sh.data
                   for values in by_key.values() for sh in values if isinstance(sh, ShardedTensor)}
         pyt_state_dict = mcore_to_pyt_state_dict(by_key, False)
-        writer = FileSystemWriter(str(checkpoint_dir), single_file_per_rank=True, thread_count=1)
+        # One file per tensor: torch's writer keeps each written tensor until its file is closed, so a
+        # single file would hold every tensor that is not stacked across layers (embeddings, output layer).
+        writer = FileSystemWriter(str(checkpoint_dir), single_file_per_rank=False, thread_count=1)
         dcp_save(pyt_state_dict, storage_writer=writer, planner=_LazyPlanner(shards, self.produce))

@@ -101,16 +101,26 @@ def normalize_(out: np.ndarray) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _normalised_values() -> torch.Tensor:
+    """float32 [3, 256]: every uint8 value of every channel through ToTensor + Normalize, on the CPU."""
+    values = np.broadcast_to(np.arange(256, dtype=np.float32), (1, 3, 1, 256)).copy()
+    return torch.from_numpy(normalize_(values)).view(3, 256)
+
+
 def normalize_pixels(tiles: torch.Tensor) -> torch.Tensor:
     """uint8 [n, 3, H, W] -> float32 ImageNet-normalised tiles, on whatever device ``tiles`` is.
 
-    torchvision's ToTensor + Normalize as IEEE float32 ops in the same order (``x / 255``, ``- mean``,
-    ``/ std``), so the result is bit-identical to the card's on CPU and GPU alike. The model calls it
-    on uint8 batches: the data workers never touch floats.
+    A lookup into the 768 values torchvision's ToTensor + Normalize give on the CPU (IEEE float32,
+    same op order), so the result is bit-identical to the card's on any device: computing it there
+    instead could differ in the last bit (CUDA divides by 255 as a multiply by its reciprocal).
+    The model calls it on uint8 batches: the data workers never touch floats.
     """
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=tiles.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=tiles.device).view(1, 3, 1, 1)
-    return tiles.to(torch.float32).div_(255).sub_(mean).div_(std)
+    if tiles.dtype != torch.uint8:
+        raise TypeError(f"normalize_pixels takes uint8 tiles, got {tiles.dtype}")
+    table = _normalised_values().to(tiles.device)
+    offsets = torch.arange(3, device=tiles.device).view(1, 3, 1, 1) * 256
+    return table.view(-1)[tiles.long() + offsets]
 
 
 def _grid_and_thumb(image: Image.Image, max_num: int, image_size: int, use_thumbnail: bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -44,18 +45,22 @@ def apply_freezing(chunk: NVLMDModel, model: ModelConfig) -> None:
 
 
 def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precision | None = None,
-                initialize: bool = True) -> BuiltModel:
-    """Model chunks for this rank (parallel state must be initialised)."""
+                initialize: bool = True, meta: bool = False) -> BuiltModel:
+    """Model chunks for this rank (parallel state must be initialised).
+
+    ``meta``: parameters on the meta device (shapes and names, no memory; uninitialised), with the
+    ``torch`` layers even where CUDA or Transformer Engine is present: for streaming conversion.
+    """
     model.validate()
     precision = precision or Precision()
     if parallel.sequence_parallel:
         raise ConfigError("parallel.sequence_parallel is not supported yet for NVLM-D; set it to false")
-    impl = resolve_impl(model.impl)
+    impl = "torch" if meta else resolve_impl(model.impl)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
     vocab = padded_vocab_size(model.language.vocab_size, tp, model.language.vocab_pad_multiple)
     heads = padded_vision_heads(model, tp)
-    use_cpu_init = not torch.cuda.is_available()
+    use_cpu_init = meta or not torch.cuda.is_available()
     vision_cfg = vision_transformer_config(model, parallel, precision, use_cpu_init)
     lang_cfg = language_transformer_config(model, parallel, precision, use_cpu_init)
     chunks = []
@@ -63,10 +68,11 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
         stage = vp_stage if vpp else None
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
-        chunk = NVLMDModel(model, vision_cfg if pre else None, lang_cfg, impl, vocab, pre, post, stage)
-        if torch.cuda.is_available():
+        with torch.device("meta") if meta else contextlib.nullcontext():
+            chunk = NVLMDModel(model, vision_cfg if pre else None, lang_cfg, impl, vocab, pre, post, stage)
+        if torch.cuda.is_available() and not meta:
             chunk.cuda(torch.cuda.current_device())
-        if initialize:
+        if initialize and not meta:
             initialize_parameters(chunk, model, vocab, heads)
         apply_freezing(chunk, model)
         chunks.append(chunk)

@@ -158,3 +158,21 @@ def test_truncated_safetensors_is_named(hf_source, tmp_path):
     with pytest.raises(ConvertError, match=f"cannot read {shard}.*does not fit the file"):
         import_hf(ImportOptions(out=tmp_path / "out", hf=broken, progress=False))
     _no_leftovers(tmp_path / "out")
+
+
+def test_read_error_while_writing_keeps_its_message(hf_source, tmp_path, monkeypatch):
+    """A shard that breaks after the up-front checks fails inside the DCP writer: same message, no output."""
+    from nvlm_train.convert import hf_source as source
+
+    real_get = source.HFWeights.get
+
+    def flaky_get(self, key):
+        if key.endswith("mlp.down_proj.weight"):
+            raise ConvertError(f"cannot read {key!r}: file ends early")
+        return real_get(self, key)
+
+    monkeypatch.setattr(source.HFWeights, "get", flaky_get)
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError, match="down_proj.weight'?: file ends early"):
+        import_hf(ImportOptions(out=out, hf=hf_source, progress=False))
+    _no_leftovers(out)

@@ -90,3 +90,8 @@ def test_uint8_route_equals_float_route():
     u = tiling.tile_image_uint8(img, max_num=6, image_size=28)
     assert u.dtype == torch.uint8 and u.shape[1:] == (3, 28, 28)
     assert torch.equal(tiling.normalize_pixels(u), tiling.tile_image(img, max_num=6, image_size=28))
+
+
+def test_normalize_pixels_takes_only_uint8():
+    with pytest.raises(TypeError, match="uint8"):
+        tiling.normalize_pixels(torch.zeros(1, 3, 2, 2))
