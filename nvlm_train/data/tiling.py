@@ -119,8 +119,10 @@ def normalize_pixels(tiles: torch.Tensor) -> torch.Tensor:
     if tiles.dtype != torch.uint8:
         raise TypeError(f"normalize_pixels takes uint8 tiles, got {tiles.dtype}")
     table = _normalised_values().to(tiles.device)
-    offsets = torch.arange(3, device=tiles.device).view(1, 3, 1, 1) * 256
-    return table.view(-1)[tiles.long() + offsets]
+    out = torch.empty(tiles.shape, dtype=torch.float32, device=tiles.device)
+    for c in range(3):  # one channel at a time keeps the int32 index temporary to a third of the batch
+        out[:, c] = table[c][tiles[:, c].int()]
+    return out
 
 
 def _grid_and_thumb(image: Image.Image, max_num: int, image_size: int, use_thumbnail: bool):
