@@ -218,14 +218,16 @@ def test_model_step_bench_help():
 
 
 def test_data_throughput_bench_checks_identity_and_reports_json():
-    """The bench asserts the uint8 route + device normalisation equals the card bit for bit before timing."""
+    """The bench asserts both routes (worker tiles; device resize + cut) equal the card bit for bit before timing."""
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "data_throughput.py"), "--repeats", "1",
                            "--max-num", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert r["pipeline_tiles_per_s"] > 0 and r["card_tiles_per_s"] > 0 and r["device_normalise_s"] > 0
+    assert r["pipeline_tiles_per_s"] > 0 and r["card_tiles_per_s"] > 0 and r["device_tiling_s"] > 0
     assert r["ratio"] == pytest.approx(r["pipeline_tiles_per_s"] / r["card_tiles_per_s"], rel=1e-2)
-    assert set(r["pipeline"]["breakdown_s"]) == {"decode", "resize", "crop"}
+    assert r["worker_route_ratio"] == pytest.approx(r["worker_route_tiles_per_s"] / r["card_tiles_per_s"], rel=1e-2)
+    assert set(r["pipeline"]["breakdown_s"]) == {"decode", "plan"}
+    assert set(r["worker_route"]["breakdown_s"]) == {"decode", "resize", "crop"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ class DataSection:
     max_tiles: int = 6
     packing: bool = True
     num_workers: int = 0
+    # Where tiles are cut: "worker" (PIL in the data workers), "device" (workers only decode; the
+    # training GPU resizes with Pillow's exact arithmetic), "auto" (device on CUDA, else worker).
+    tile_on: str = "auto"
     cache_dir: str | None = None
     build_demo: bool = False  # build the synthetic demo shards into the cache on first use
     demo_train_samples: int = 2000
@@ -115,6 +118,8 @@ class TrainConfig:
                 f"train.seq_length={t.seq_length} exceeds model.language.max_position_embeddings="
                 f"{self.model.language.max_position_embeddings}"
             )
+        if self.data.tile_on not in ("auto", "worker", "device"):
+            raise ConfigError(f"data.tile_on={self.data.tile_on!r}: use auto, worker or device")
         if t.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision={t.precision!r}: use auto, bf16 or fp32")
         if self.optimizer.decay_style not in ("cosine", "linear", "constant"):

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nvlm_train.data.device_tiles import plan_image, plan_tiles
 from nvlm_train.data.errors import NO_ASSISTANT_REPLY, SPECIAL_TOKEN_IN_TEXT, TOO_LONG, SampleError
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, open_image, to_rgb
 from nvlm_train.data.prompt import SPECIAL_TOKENS, build_segments
 from nvlm_train.data.samples import Conversation
-from nvlm_train.data.tiling import num_tiles, tile_image_uint8
+from nvlm_train.data.tiling import num_tiles, pixels_tensor, tile_image_uint8
 from nvlm_train.data.tokenizer import TextTokenizer
 
 TILE_LADDER = (8, 6, 4, 2, 1)
@@ -30,6 +31,7 @@ class EncodeOptions:
     max_tiles: int = 12
     use_thumbnail: bool = True
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    tile_on_device: bool = False  # ship decoded images + plans; the device cuts tiles (device_tiles)
 
 
 @dataclass
@@ -40,6 +42,10 @@ class EncodedSample:
     targets: np.ndarray  # bool [L]
     pixel_values: torch.Tensor  # uint8 [num_tiles, 3, S, S]; the model normalises (tiling.normalize_pixels)
     tiles_per_image: tuple[int, ...] = ()
+    # Device route (``EncodeOptions.tile_on_device``): ``pixel_values`` is empty and these hold each
+    # image's RGB pixels (uint8 [H, W, 3]) and its ``device_tiles.plan_image`` row instead.
+    images: tuple[torch.Tensor, ...] = ()
+    plans: tuple[tuple[int, ...], ...] = ()
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -87,14 +93,20 @@ def encode_conversation(conv: Conversation, tok: TextTokenizer, opts: EncodeOpti
     n_ctx = int((tokens == tok.image_context_id).sum())
     if n_ctx != sum(tiles) * opts.tokens_per_tile:
         raise SampleError(SPECIAL_TOKEN_IN_TEXT, f"{n_ctx} image-context tokens for {sum(tiles)} tiles")
+    s = opts.image_size
+    empty = torch.zeros((0, 3, s, s), dtype=torch.uint8)
+    rgb = [to_rgb(im) for im in images]
+    if opts.tile_on_device:
+        plans = tuple(plan_image(*im.size, per_image, s, opts.use_thumbnail) for im in rgb)
+        assert tuple(plan_tiles(p) for p in plans) == tiles, (plans, tiles)
+        return EncodedSample(tokens=tokens, targets=targets, pixel_values=empty, tiles_per_image=tiles,
+                             images=tuple(pixels_tensor(im) for im in rgb), plans=plans)
     pixels = []
-    for im, n in zip(images, tiles):
-        t = tile_image_uint8(to_rgb(im), max_num=per_image, image_size=opts.image_size,
-                             use_thumbnail=opts.use_thumbnail)
+    for im, n in zip(rgb, tiles):
+        t = tile_image_uint8(im, max_num=per_image, image_size=s, use_thumbnail=opts.use_thumbnail)
         assert t.shape[0] == n, (t.shape, n)
         pixels.append(t)
-    s = opts.image_size
-    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, s, s), dtype=torch.uint8)
+    pv = torch.cat(pixels) if pixels else empty
     return EncodedSample(tokens=tokens, targets=targets, pixel_values=pv, tiles_per_image=tiles)
 
 

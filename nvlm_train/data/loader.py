@@ -53,6 +53,7 @@ class DataConfig:
     seed: int = 0
     single_pass: bool = False  # one ordered pass over every sample, then StopIteration (eval, stats)
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    tile_on_device: bool = False  # batches carry decoded images; the trainer cuts tiles on its device
     cache_dir: str | None = None  # shard indexes and remote shard copies; default ~/.cache/nvlm_train/data
     samples_per_chunk: int = 4  # unit of work handed to a worker
     prefetch_factor: int = 2
@@ -144,7 +145,7 @@ class SampleProcessor:
             EncodeOptions(seq_length=cfg.seq_length, tokens_per_tile=cfg.tokens_per_tile, image_size=cfg.image_size,
                           max_tiles=min(s.spec.max_tiles or cfg.max_tiles, cfg.max_tiles),
                           use_thumbnail=cfg.use_thumbnail,
-                          max_image_pixels=cfg.max_image_pixels)
+                          max_image_pixels=cfg.max_image_pixels, tile_on_device=cfg.tile_on_device)
             for s in sources
         ]
         self.reader = ShardReader()

@@ -5,7 +5,8 @@ sample), ``loss_mask`` (1 where the label is an assistant token; 0 on the last p
 sample and on padding), ``position_ids`` (restart per sample), ``seq_boundaries`` (cumulative
 segment starts per row, trailing padding its own segment, rows padded by repeating s),
 ``num_samples``, ``pixel_values`` (uint8 [tiles, 3, S, S]; the model normalises them on the device)
-in image-run order (row-major).
+in image-run order (row-major). The device route carries ``images`` and ``image_plans`` instead
+(``device_tiles``), which ``device_tiles.tiles_on_device`` turns into the same ``pixel_values``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from nvlm_train.data.device_tiles import pack_images, plan_tiles
 from nvlm_train.data.encode import EncodedSample
+
+
+def batch_tiles(batch: dict) -> int:
+    """Tiles in a batch of either route, without touching the device."""
+    if "image_plans" in batch:
+        return sum(plan_tiles(p) for p in batch["image_plans"].tolist())
+    pv = batch.get("pixel_values")
+    return 0 if pv is None else int(pv.shape[0])
 
 
 def row_fits(row: Sequence[EncodedSample], sample: EncodedSample, seq_length: int, packing: bool) -> bool:
@@ -40,6 +50,9 @@ def collate(
     position_ids = np.zeros((b, s), dtype=np.int64)
     bounds: list[list[int]] = []
     pixels: list[torch.Tensor] = []
+    images: list[torch.Tensor] = []
+    plans: list[tuple[int, ...]] = []
+    device_route = any(smp.plans for row in rows for smp in row)
     for r, row in enumerate(rows):
         starts = [0]
         pos = 0
@@ -53,6 +66,8 @@ def collate(
             starts.append(pos)
             if smp.pixel_values.shape[0]:
                 pixels.append(smp.pixel_values)
+            images.extend(smp.images)
+            plans.extend(smp.plans)
         if pos > s:
             raise ValueError(f"row {r} holds {pos} tokens > seq_length {s}")
         if pos < s:
@@ -61,16 +76,23 @@ def collate(
         bounds.append(starts)
     width = max(len(x) for x in bounds)
     seq_boundaries = np.array([x + [s] * (width - len(x)) for x in bounds], dtype=np.int64)
-    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
-    n_ctx = int((tokens == image_context_id).sum())
-    assert n_ctx == pv.shape[0] * tokens_per_tile, (
-        f"batch has {n_ctx} image-context tokens but {pv.shape[0]} tiles x {tokens_per_tile}")
-    return {
+    batch = {
         "tokens": torch.from_numpy(tokens),
         "labels": torch.from_numpy(labels),
         "loss_mask": torch.from_numpy(loss_mask),
         "position_ids": torch.from_numpy(position_ids),
         "seq_boundaries": torch.from_numpy(seq_boundaries),
         "num_samples": torch.tensor([len(row) for row in rows], dtype=torch.int64),
-        "pixel_values": pv,
     }
+    if device_route:
+        if pixels:
+            raise ValueError("a batch mixes samples tiled by the workers and samples to tile on the device")
+        batch["images"], batch["image_plans"] = pack_images(images, plans)
+    else:
+        batch["pixel_values"] = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size),
+                                                                              dtype=torch.uint8)
+    n_ctx = int((tokens == image_context_id).sum())
+    n_tiles = batch_tiles(batch)
+    assert n_ctx == n_tiles * tokens_per_tile, (
+        f"batch has {n_ctx} image-context tokens but {n_tiles} tiles x {tokens_per_tile}")
+    return batch

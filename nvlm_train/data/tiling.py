@@ -1,10 +1,12 @@
 """NVLM-D dynamic tiling (the model card's ``dynamic_preprocess``/``load_image``) without torchvision.
 
-Two routes produce the same numbers:
+Three routes produce the same numbers:
 
 * ``dynamic_preprocess``/``load_image``: the card's public API (PIL tiles, then a float tensor).
-* ``tile_image``: the training route. The same two PIL resizes, then tiles are sliced out of the
-  resized arrays and normalised in one vectorised pass instead of per-tile PIL crops and tensors.
+* ``tile_image_uint8``: the worker route. The same two PIL resizes, then the tiles are cut out of the
+  resized arrays in one strided copy (``cut_tiles``); the model normalises them (``normalize_pixels``).
+* ``device_tiles.tiles_on_device``: the GPU route. Workers only decode; the device does the two
+  resizes with Pillow's arithmetic (``resample``) and the same cut.
 
 Normalisation does torchvision's ``ToTensor`` (``x / 255``) and ``Normalize`` (``(x - mean) / std``)
 float32 operations in the same order, so the values are bit-identical to the card's.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -133,23 +136,39 @@ def _grid_and_thumb(image: Image.Image, max_num: int, image_size: int, use_thumb
     return cols, rows, grid, thumb
 
 
+def pixels_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, C] tensor over an RGB image's bytes without another copy. Read-only: never write to it."""
+    arr = np.asarray(image)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
+def cut_tiles(grid: torch.Tensor, thumb: torch.Tensor | None, cols: int, rows: int, image_size: int) -> torch.Tensor:
+    """uint8 [rows*S, cols*S, 3] grid (+ [S, S, 3] thumbnail) -> uint8 [n, 3, S, S] tiles, row-major.
+
+    One strided copy per part, on the grid's device: no per-tile crops.
+    """
+    s = image_size
+    blocks = cols * rows
+    out = torch.empty((blocks + (thumb is not None), 3, s, s), dtype=torch.uint8, device=grid.device)
+    out[:blocks].view(rows, cols, 3, s, s).copy_(grid.view(rows, s, cols, s, 3).permute(0, 2, 4, 1, 3))
+    if thumb is not None:
+        out[blocks].copy_(thumb.permute(2, 0, 1))
+    return out
+
+
 def tile_image_uint8(
     image: Image.Image, max_num: int = 12, image_size: int = 448, use_thumbnail: bool = True
 ) -> torch.Tensor:
-    """Training route: the same tiles as ``dynamic_preprocess`` as one uint8 [n, 3, S, S] tensor.
+    """Worker route: the same tiles as ``dynamic_preprocess`` as one uint8 [n, 3, S, S] tensor.
 
-    The card's two PIL resizes (grid and thumbnail, same filter), then one strided byte copy from the
-    resized HWC arrays into CHW: no PIL crops, no per-tile tensors, no floats (``normalize_pixels`` on
-    the device gives exactly the card's ``load_image`` numbers). ``image`` must be RGB.
+    The card's two PIL resizes (grid and thumbnail, same filter), then ``cut_tiles``: no PIL crops,
+    no per-tile tensors, no floats (``normalize_pixels`` on the device gives exactly the card's
+    ``load_image`` numbers). ``device_tiles`` does the same resizes on the GPU. ``image`` must be RGB.
     """
-    s = image_size
-    cols, rows, grid, thumb = _grid_and_thumb(image, max_num, s, use_thumbnail)
-    blocks = cols * rows
-    out = np.empty((blocks + (thumb is not None), 3, s, s), dtype=np.uint8)
-    out[:blocks].reshape(rows, cols, 3, s, s)[...] = grid.reshape(rows, s, cols, s, 3).transpose(0, 2, 4, 1, 3)
-    if thumb is not None:
-        out[blocks] = thumb.transpose(2, 0, 1)
-    return torch.from_numpy(out)
+    cols, rows, grid, thumb = _grid_and_thumb(image, max_num, image_size, use_thumbnail)
+    return cut_tiles(pixels_tensor(grid), None if thumb is None else pixels_tensor(thumb), cols, rows, image_size)
 
 
 def tile_image(

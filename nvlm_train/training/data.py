@@ -6,6 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from nvlm_train.config.errors import ConfigError
@@ -36,6 +37,21 @@ def ensure_demo_data(cfg: TrainConfig) -> Path:
     return root
 
 
+def tile_on_device(cfg: TrainConfig) -> bool:
+    """Resolve ``data.tile_on``: "auto" cuts tiles on the GPU when training on one, else in the workers."""
+    from nvlm_train.data.resample import MIN_PILLOW, pillow_supported, pillow_version
+
+    choice = cfg.data.tile_on
+    if choice == "device" and not pillow_supported():
+        raise ConfigError(
+            f"data.tile_on=device reproduces Pillow>={'.'.join(map(str, MIN_PILLOW))}'s resize but Pillow "
+            f"{'.'.join(map(str, pillow_version()))} is installed; upgrade Pillow or set data.tile_on=worker"
+        )
+    if choice == "auto":
+        return torch.cuda.is_available() and pillow_supported()
+    return choice == "device"
+
+
 def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pass: bool = False) -> DataConfig:
     d = cfg.data
     return DataConfig(
@@ -52,6 +68,7 @@ def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pas
         seed=cfg.train.seed,
         single_pass=single_pass,
         cache_dir=d.cache_dir,
+        tile_on_device=tile_on_device(cfg),
     )
 
 

@@ -13,9 +13,28 @@ from functools import partial
 
 import torch
 
+from nvlm_train.data.device_tiles import tiles_on_device
 
-def to_device(batch: dict, device: torch.device | str) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+def to_device(batch: dict, device: torch.device | str, needs_pixels: bool = True) -> dict:
+    """Move a batch to ``device``; a device-route batch gets its ``pixel_values`` cut there.
+
+    ``needs_pixels=False`` (later pipeline stages) leaves the images behind: only the first stage
+    runs the vision model.
+    """
+    images, plans = batch.get("images"), batch.get("image_plans")
+    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
+           if k not in ("images", "image_plans")}
+    if needs_pixels and plans is not None and plans.shape[0]:
+        out["pixel_values"] = tiles_on_device(images.to(device, non_blocking=True), plans)
+    return out
+
+
+def _first_stage(model) -> bool:
+    """Whether this model chunk embeds the input (megatron's ``pre_process``), through DDP wrappers."""
+    while not hasattr(model, "pre_process") and hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "pre_process", True)
 
 
 def masked_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
@@ -30,7 +49,7 @@ def masked_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 def forward_step(data_iterator: Iterator[dict], model):
     batch = next(data_iterator)
     device = next(model.parameters()).device
-    batch = to_device(batch, device)
+    batch = to_device(batch, device, needs_pixels=_first_stage(model))
     output = model(
         batch["tokens"],
         batch["position_ids"],

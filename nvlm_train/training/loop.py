@@ -21,6 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
+from nvlm_train.data.packing import batch_tiles
 from nvlm_train.model.builder import build_model
 from nvlm_train.model.flops import model_flops
 from nvlm_train.model.transformer_config import Precision
@@ -189,7 +190,7 @@ class Trainer:
                     f"lower optimizer.lr, check the data, or resume from an earlier checkpoint"
                 )
         samples = sum(int(b["num_samples"].sum()) if "num_samples" in b else b["tokens"].shape[0] for b in batches)
-        tiles = sum(int(b["pixel_values"].shape[0]) for b in batches)
+        tiles = sum(batch_tiles(b) for b in batches)
         rows = sum(int(b["tokens"].shape[0]) for b in batches)
         samples, tiles, rows = _all_reduce([samples, tiles, rows], parallel_state.get_data_parallel_group())
         self.state.iteration += 1
@@ -243,8 +244,10 @@ class Trainer:
         cfg = self.cfg.train
         preempt = PreemptionFlag().install()
         layout = f"TP{self.cfg.parallel.tp} PP{self.cfg.parallel.pp} DP{self.dp_size}"
+        tiles_where = "on the device" if self.loader.cfg.tile_on_device else "by the data workers"
         self._say(f"training {self.cfg.model.name} ({layout}, {'bf16' if self.precision.bf16 else 'fp32'}, "
-                  f"{self.num_micro} micro-batches/step) from iteration {self.state.iteration} to {cfg.iters}")
+                  f"{self.num_micro} micro-batches/step, tiles cut {tiles_where}) "
+                  f"from iteration {self.state.iteration} to {cfg.iters}")
         saved_at = self.state.iteration if ckpt.latest_iteration(self.ckpt_root) is not None else None
         try:
             timer = StepTimer()

@@ -48,6 +48,17 @@ def test_loss_curve_is_layout_independent(data_cache, tmp_path, tp1_curve, tp, p
         assert abs(curve[it] - ref) <= 1e-5 * abs(ref), (it, curve[it], ref)
 
 
+def test_tiles_cut_on_the_device_train_identically(data_cache, tmp_path, tp1_curve):
+    """data.tile_on=device (the GPU default), at PP2 so the second stage also skips the images."""
+    proc = run_train(2, base_overrides(data_cache, tmp_path) + ["data.tile_on=device", "parallel.pp=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiles cut on the device" in proc.stderr
+    curve = losses(tmp_path)
+    assert curve.keys() == tp1_curve.keys()
+    for it, ref in tp1_curve.items():
+        assert abs(curve[it] - ref) <= 1e-5 * abs(ref), (it, curve[it], ref)
+
+
 def test_bad_config_fails_before_building(data_cache, tmp_path):
     proc = run_train(1, base_overrides(data_cache, tmp_path) + ["train.global_batch_size=5"])
     assert proc.returncode == 2
