@@ -138,8 +138,9 @@ def parse_recipe(data: object, source: str = "<inline>", data_root: str | Path |
     entries = data.get("datasets")
     if not isinstance(entries, list) or not entries:
         raise RecipeError(f"{source}: 'datasets' must be a non-empty list")
-    variables = {"DATA_ROOT": str(data_root)} if data_root is not None else {}
-    base = Path(data_root) if data_root is not None else Path(base_dir or ".")
+    root = Path(data_root).absolute() if data_root is not None else None  # ${DATA_ROOT} paths are not re-based
+    variables = {"DATA_ROOT": str(root)} if root is not None else {}
+    base = root if root is not None else Path(base_dir or ".")
     specs = tuple(_dataset(e, i, defaults, source, base, variables) for i, e in enumerate(entries))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):

@@ -70,3 +70,10 @@ def test_invalid_yaml_names_the_file(tmp_path):
     f.write_text("datasets: [\n")
     with pytest.raises(RecipeError, match="broken.yaml: invalid YAML"):
         load_recipe(f)
+
+
+def test_relative_data_root_is_used_once(tmp_path, monkeypatch):
+    """A relative data_root (e.g. ``data.data_root=./shards``) fills ${DATA_ROOT} without being prefixed twice."""
+    monkeypatch.chdir(tmp_path)
+    r = parse_recipe({"datasets": [{"paths": ["${DATA_ROOT}/x.tar", "y.tar"]}]}, data_root="shards")
+    assert r.datasets[0].paths == (str(tmp_path / "shards" / "x.tar"), str(tmp_path / "shards" / "y.tar"))
