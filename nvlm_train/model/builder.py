@@ -44,6 +44,18 @@ def apply_freezing(chunk: NVLMDModel, model: ModelConfig) -> None:
                 p.requires_grad_(False)
 
 
+def cast_floating_params(chunk: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Every floating parameter in ``dtype`` (bf16 runs), as megatron's ``Float16Module`` would do.
+
+    torch's norm layers create fp32 weights whatever ``params_dtype`` says; megatron's mixed-precision
+    optimizer then keeps them apart and its checkpoint state no longer lines up with the model's
+    parameters ("Optimizer shape ... does not match model shape"), so bf16 runs could not save.
+    """
+    for p in chunk.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precision | None = None,
                 initialize: bool = True, meta: bool = False) -> BuiltModel:
     """Model chunks for this rank (parallel state must be initialised).
@@ -74,6 +86,8 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
             chunk.cuda(torch.cuda.current_device())
         if initialize and not meta:
             initialize_parameters(chunk, model, vocab, heads)
+        if precision.bf16 and not meta:
+            cast_floating_params(chunk, precision.params_dtype)
         apply_freezing(chunk, model)
         chunks.append(chunk)
     return BuiltModel(chunks, impl, vocab, heads)

@@ -147,3 +147,24 @@ def test_distributed_optimizer_matches_plain_adam(data_cache, tmp_path):
     assert "DP2" in dist_opt.stderr
     for it in (1, 2, 3):
         assert abs(a[it] - b[it]) <= 1e-5 * abs(a[it]), (it, a[it], b[it])
+
+
+def test_bf16_run_saves_and_resumes_exactly(data_cache, tmp_path):
+    """bf16 (the GPU default) uses megatron's mixed-precision optimizer, whose checkpoint state must line up
+    with every model parameter: resuming from step 2 repeats steps 3 and 4 bit for bit."""
+    import shutil
+
+    overrides = base_overrides(data_cache, tmp_path, iters=4) + ["train.precision=bf16", "train.save_interval=2"]
+    first = run_train(1, overrides)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "bf16" in first.stderr
+    expected = losses(tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    shutil.rmtree(ckpts / "iter_0000004")
+    (ckpts / "latest_checkpointed_iteration.txt").write_text("2\n")
+    (tmp_path / "metrics.jsonl").unlink()
+    again = run_train(1, overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "at iteration 2" in again.stderr
+    got = losses(tmp_path)
+    assert got.keys() == {3, 4} and all(got[i] == expected[i] for i in got), (got, expected)
