@@ -50,13 +50,15 @@ def tiles_on_device(images: torch.Tensor, plans: torch.Tensor | Sequence[Sequenc
     rows_of_plans = plans.tolist() if torch.is_tensor(plans) else [list(p) for p in plans]
     if not rows_of_plans:
         raise ValueError("tiles_on_device needs at least one image")
-    out = []
-    offset = 0
+    views, sizes, offset = [], [], 0
     for h, w, cols, rows, thumb, s in rows_of_plans:
         img = images[offset:offset + h * w * 3].view(h, w, 3)  # [H, W, 3]
         offset += h * w * 3
-        grid = resample.resize(img, (s * cols, s * rows))  # [rows*S, cols*S, 3]
-        out.append(cut_tiles(grid, resample.resize(img, (s, s)) if thumb else None, cols, rows, s))
+        views += [img, img] if thumb else [img]
+        sizes += [(s * cols, s * rows), (s, s)] if thumb else [(s * cols, s * rows)]
     if offset != images.numel():
         raise ValueError(f"image_plans describe {offset} bytes but images holds {images.numel()}")
+    resized = iter(resample.resize_many(views, sizes))  # grids [rows*S, cols*S, 3] and thumbnails [S, S, 3]
+    out = [cut_tiles(next(resized), next(resized) if thumb else None, cols, rows, s)
+           for _, _, cols, rows, thumb, s in rows_of_plans]
     return torch.cat(out) if len(out) > 1 else out[0]

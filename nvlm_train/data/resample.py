@@ -73,34 +73,67 @@ def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     return xmin, k
 
 
-def _resample_axis(img: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
-    """One Pillow 8-bit pass along ``dim`` (0: rows, 1: columns) of uint8 [H, W, C]."""
-    xmin, k = coefficients(img.shape[dim], out_size)
-    dev = img.device
-    taps = torch.from_numpy(np.minimum(xmin[:, None] + np.arange(k.shape[1]), img.shape[dim] - 1)).to(dev)
-    weights = torch.from_numpy(k).to(dev)
-    view = (out_size, 1, 1) if dim == 0 else (1, out_size, 1)
-    shape = list(img.shape)
-    shape[dim] = out_size
-    acc = torch.full(shape, 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=dev)
-    for t in np.flatnonzero(k.any(axis=0)):  # taps that are zero for every output add nothing
-        acc += img.index_select(dim, taps[:, t]).int() * weights[:, t].view(view)
-    return acc.bitwise_right_shift_(PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
+GATHER_ELEMENTS = 1 << 25  # int32 elements of one gathered block (128 MB): bounds memory on big images
+
+
+def _passes(in_h: int, in_w: int, w: int, h: int) -> list[tuple[int, int, int]]:
+    """Pillow's passes for one resize: (dim, in_size, out_size), dim 1 = horizontal, 0 = vertical."""
+    horizontal_first = not (in_h - h > 0 and in_h - h > (in_w - w) * 2)
+    order = [(1, in_w, w), (0, in_h, h)] if horizontal_first else [(0, in_h, h), (1, in_w, w)]
+    return [p for p in order if p[1] != p[2]]
+
+
+def _resample_axis(img: torch.Tensor, dim: int, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One Pillow 8-bit pass along ``dim`` of uint8 [H, W, C]; ``taps`` int64 [out*ksize], ``weights`` int32
+    [out, ksize] on ``img``'s device.
+
+    All taps of all outputs are gathered at once ([rows, out, ksize, C]) and reduced in int32: a handful
+    of kernels per pass whatever the filter length, in row blocks of ``GATHER_ELEMENTS``.
+    """
+    x = img if dim == 1 else img.transpose(0, 1)  # [R, in, C]: resample along dim 1
+    out_size, ksize = weights.shape
+    w = weights[None, :, :, None]  # [1, out, ksize, 1]; taps past a window weigh 0
+    rows, channels = x.shape[0], x.shape[2]
+    block = max(1, GATHER_ELEMENTS // (out_size * ksize * channels))
+    out = torch.empty((rows, out_size, channels), dtype=torch.uint8, device=img.device)
+    for r in range(0, rows, block):
+        gathered = x[r:r + block].index_select(1, taps).view(-1, out_size, ksize, channels)  # [b, out, ksize, C]
+        acc = (gathered.int() * w).sum(dim=2, dtype=torch.int32) + (1 << (PRECISION_BITS - 1))
+        out[r:r + block] = acc.bitwise_right_shift_(PRECISION_BITS).clamp_(0, 255)
+    return out if dim == 1 else out.transpose(0, 1)
+
+
+def resize_many(images: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """``resize`` of each image to its (w, h), with one host-to-device copy of all their filter tables
+    (a copy per pass would stall the CPU on the GPU's queue each time)."""
+    jobs, taps_np, weights_np = [], [], []
+    for img, (w, h) in zip(images, sizes, strict=True):
+        if img.dtype != torch.uint8 or img.dim() != 3:
+            raise TypeError(f"resize takes a uint8 [H, W, C] tensor, got {img.dtype} {tuple(img.shape)}")
+        if w < 1 or h < 1:
+            raise ValueError(f"target size must be positive, got {(w, h)}")
+        passes = []
+        for dim, n_in, n_out in _passes(img.shape[0], img.shape[1], w, h):
+            xmin, k = coefficients(n_in, n_out)
+            passes.append((dim, len(taps_np), k.shape))
+            taps_np.append(np.minimum(xmin[:, None] + np.arange(k.shape[1]), n_in - 1).reshape(-1))
+            weights_np.append(k.reshape(-1))
+        jobs.append(passes)
+    if not taps_np:
+        return [img.clone() for img in images]
+    dev = images[0].device
+    taps_all = torch.from_numpy(np.concatenate(taps_np)).to(dev)
+    weights_all = torch.from_numpy(np.concatenate(weights_np)).to(dev)
+    offsets = np.concatenate([[0], np.cumsum([t.size for t in taps_np])])
+    out = []
+    for img, passes in zip(images, jobs):
+        for dim, i, shape in passes:
+            span = slice(int(offsets[i]), int(offsets[i + 1]))
+            img = _resample_axis(img, dim, taps_all[span], weights_all[span].view(shape))
+        out.append(img.contiguous() if passes else img.clone())
+    return out
 
 
 def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [H, W, C] -> uint8 [h, w, C], equal to ``Image.fromarray(img).resize((w, h))`` (bicubic)."""
-    if img.dtype != torch.uint8 or img.dim() != 3:
-        raise TypeError(f"resize takes a uint8 [H, W, C] tensor, got {img.dtype} {tuple(img.shape)}")
-    w, h = size
-    if w < 1 or h < 1:
-        raise ValueError(f"target size must be positive, got {size}")
-    in_h, in_w = img.shape[0], img.shape[1]
-    if (in_w, in_h) == (w, h):
-        return img.clone()
-    horizontal_first = not (in_h - h > 0 and in_h - h > (in_w - w) * 2)
-    passes = [(1, w), (0, h)] if horizontal_first else [(0, h), (1, w)]
-    for dim, n in passes:
-        if img.shape[dim] != n:
-            img = _resample_axis(img, dim, n)
-    return img
+    return resize_many([img], [size])[0]
