@@ -61,12 +61,10 @@ def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     xmax = np.minimum(np.trunc(center + support + 0.5), in_size).astype(np.int64)
     count = xmax - xmin
     inv_filterscale = 1.0 / filterscale
-    w = np.zeros((out_size, ksize), dtype=np.float64)
-    ww = np.zeros(out_size, dtype=np.float64)
-    for x in range(ksize):  # sequential, as Pillow sums its weights
-        v = np.where(x < count, _bicubic(((x + xmin) - center + 0.5) * inv_filterscale), 0.0)
-        w[:, x] = v
-        ww = ww + v
+    x = np.arange(ksize)
+    valid = x[None, :] < count[:, None]  # [out, ksize]
+    w = np.where(valid, _bicubic(((x[None, :] + xmin[:, None]) - center[:, None] + 0.5) * inv_filterscale), 0.0)
+    ww = np.cumsum(w, axis=1)[:, -1]  # a running sum: the same order (and roundings) as Pillow's loop
     w = np.divide(w, ww[:, None], out=w.copy(), where=ww[:, None] != 0.0)
     one = float(1 << PRECISION_BITS)
     k = np.where(w < 0, np.trunc(-0.5 + w * one), np.trunc(0.5 + w * one)).astype(np.int32)
