@@ -15,6 +15,7 @@ Steps (each reuses what an earlier run already built):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -67,6 +68,23 @@ def _saved_max_tiles(checkpoint: Path) -> int:
     return int(yaml.safe_load(read_saved_config(folder))["data"]["max_tiles"])
 
 
+def set_aside_stale_run(run_dir: Path, spec: dict) -> None:
+    """Reuse ``run_dir`` only if it was trained with these settings; else move it aside, never delete it.
+
+    A run from another demo version (or other --iters/--train-samples) would otherwise be resumed
+    with a different data blend and batch, which the trainer rightly refuses.
+    """
+    spec_file = run_dir / "demo_spec.json"
+    if run_dir.exists() and (not spec_file.is_file() or json.loads(spec_file.read_text()) != spec):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        names = (run_dir.with_name(f"{run_dir.name}.stale-{stamp}-{i}") for i in range(1000))
+        stale = next(p for p in names if not p.exists())
+        run_dir.rename(stale)
+        _say(f"    {run_dir} was trained with other demo settings; moved it to {stale} and starting afresh")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(spec, sort_keys=True) + "\n")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m nvlm_train.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default=os.environ.get("NVLM_DEMO_DIR", str(REPO / "runs" / "demo")),
@@ -117,6 +135,10 @@ def main(argv=None) -> int:
     if args.fast:
         overrides += ["train.log_interval=2", "train.save_interval=6", "train.eval_interval=6",
                       "optimizer.warmup_iters=2", "run.wandb_mode=disabled"]
+    configs = ("experiment/demo.yaml", "data/demo.yaml", "model/nvlm_d_tiny.yaml")
+    set_aside_stale_run(run_dir, {"overrides": [o for o in overrides if not o.startswith("run.dir=")],
+                                  "nproc": nproc, "configs": {c: hashlib.sha1((REPO / "configs" / c).read_bytes())
+                                                              .hexdigest() for c in configs}})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "nvlm_train.train", *overrides]
     _run(cmd, stream=True)

@@ -43,3 +43,20 @@ def test_fast_demo_end_to_end(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reusing synthetic shards" in again.stdout
     assert json.loads(again.stdout.strip().splitlines()[-1])["megatron_accuracy"] == result["megatron_accuracy"]
+
+
+def test_a_run_from_other_demo_settings_is_set_aside_not_resumed(tmp_path, capsys):
+    from nvlm_train.demo import set_aside_stale_run
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)  # e.g. left by an older demo version: no spec file
+    set_aside_stale_run(run, {"iters": 1600})
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith("run.stale-")]
+    assert len(stale) == 1 and (stale[0] / "checkpoints").is_dir()
+    assert "moved it to" in capsys.readouterr().out
+    (run / "metrics.jsonl").write_text("{}\n")
+    set_aside_stale_run(run, {"iters": 1600})  # same settings: reused as it is
+    assert (run / "metrics.jsonl").is_file() and len(list(tmp_path.glob("run.stale-*"))) == 1
+    set_aside_stale_run(run, {"iters": 400})
+    assert not (run / "metrics.jsonl").exists() and json.loads((run / "demo_spec.json").read_text()) == {
+        "iters": 400}
