@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
+from nvlm_train.data import resample
 from nvlm_train.data.loader import DataConfig, MultimodalLoader, build_loader
 from nvlm_train.data.shards import default_cache_dir
 
@@ -39,16 +40,15 @@ def ensure_demo_data(cfg: TrainConfig) -> Path:
 
 def tile_on_device(cfg: TrainConfig) -> bool:
     """Resolve ``data.tile_on``: "auto" cuts tiles on the GPU when training on one, else in the workers."""
-    from nvlm_train.data.resample import MIN_PILLOW, pillow_supported, pillow_version
-
     choice = cfg.data.tile_on
-    if choice == "device" and not pillow_supported():
+    if choice == "device" and not resample.pillow_supported():
         raise ConfigError(
-            f"data.tile_on=device reproduces Pillow>={'.'.join(map(str, MIN_PILLOW))}'s resize but Pillow "
-            f"{'.'.join(map(str, pillow_version()))} is installed; upgrade Pillow or set data.tile_on=worker"
+            f"data.tile_on=device reproduces Pillow>={'.'.join(map(str, resample.MIN_PILLOW))}'s resize but "
+            f"Pillow {'.'.join(map(str, resample.pillow_version()))} is installed; upgrade Pillow or set "
+            f"data.tile_on=worker"
         )
     if choice == "auto":
-        return torch.cuda.is_available() and pillow_supported()
+        return torch.cuda.is_available() and resample.pillow_supported()
     return choice == "device"
 
 

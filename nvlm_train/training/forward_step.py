@@ -19,12 +19,13 @@ from nvlm_train.data.device_tiles import tiles_on_device
 def to_device(batch: dict, device: torch.device | str, needs_pixels: bool = True) -> dict:
     """Move a batch to ``device``; a device-route batch gets its ``pixel_values`` cut there.
 
-    ``needs_pixels=False`` (later pipeline stages) leaves the images behind: only the first stage
-    runs the vision model.
+    ``needs_pixels=False`` (later pipeline stages) leaves the pixels behind, whichever route made
+    them: only the first stage runs the vision model.
     """
     images, plans = batch.get("images"), batch.get("image_plans")
+    skip = ("images", "image_plans") if needs_pixels else ("images", "image_plans", "pixel_values")
     out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
-           if k not in ("images", "image_plans")}
+           if k not in skip}
     if needs_pixels and plans is not None and plans.shape[0]:
         out["pixel_values"] = tiles_on_device(images.to(device, non_blocking=True), plans)
     return out
