@@ -2,7 +2,7 @@
 
 The route for GPU hosts (``data.tile_on=device``): a data worker only decodes (and tokenises), then
 ships the RGB bytes and a plan per image; ``tiles_on_device`` does the card's two bicubic resizes
-with ``resample.resize`` (Pillow's arithmetic, bit for bit) and the row-major cut, so the model gets
+with ``resample.resize_many`` (Pillow's arithmetic, bit for bit) and the row-major cut, so the model gets
 the same uint8 tiles as the worker route (``tiling.tile_image_uint8``) and hence the card's numbers.
 
 Batch keys of this route (instead of ``pixel_values``): ``images`` uint8 [sum of H*W*3] (each image
