@@ -1,9 +1,12 @@
-"""Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+"""Core attention through PyTorch's fused kernels, for the ``torch`` layer implementation.
 
-A drop-in for megatron-core's ``DotProductAttention`` (same constructor and forward
-signature) for the ``torch`` layer implementation: it runs on CPU and on GPUs without
-Transformer Engine, uses PyTorch's fused kernels where available, and honours an explicit
-boolean mask (megatron convention: True = masked out) so packed rows stay block-diagonal.
+A drop-in for megatron-core's ``DotProductAttention`` (same constructor and forward signature):
+it runs on CPU and on GPUs without Transformer Engine. Unpacked rows (and the ViT) use SDPA with
+``is_causal`` or no mask, so CUDA picks its flash kernel; GQA goes through ``enable_gqa``, never a
+copy of K/V per query head. Packed rows arrive as THD (``PackedSeqParams``, see
+``nvlm_train.model.packing``): on CUDA in half precision ``torch.nn.attention.varlen.varlen_attn``
+takes the whole pack at once; elsewhere (CPU, fp32, no varlen) every sample runs its own causal
+SDPA. Padding tokens get zeros and cost no attention work in either path.
 """
 
 from __future__ import annotations
@@ -12,11 +15,29 @@ import math
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import tensor_parallel
+from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.utils import divide
+
+from nvlm_train.model.packing import PackedRows
+
+try:  # torch >= 2.10 on CUDA builds; absent elsewhere
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # pragma: no cover - depends on the torch build
+    varlen_attn = None
+
+_VARLEN_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _segments(p: PackedSeqParams) -> tuple[tuple[int, int], ...]:
+    """(start, real length) per sequence; megatron-style params without our tables are read here."""
+    if isinstance(p, PackedRows) and p.segments:
+        return p.segments
+    cu = p.cu_seqlens_q.tolist()
+    starts = (p.cu_seqlens_q_padded if p.cu_seqlens_q_padded is not None else p.cu_seqlens_q).tolist()
+    return tuple((starts[i], cu[i + 1] - cu[i]) for i in range(len(cu) - 1))
 
 
 class SDPAttention(MegatronModule):
@@ -34,55 +55,71 @@ class SDPAttention(MegatronModule):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("context parallelism needs model.impl=transformer_engine")
-        tp = (
-            pg_collection.tp.size()
-            if pg_collection is not None
-            else parallel_state.get_tensor_model_parallel_world_size()
-        )
         self.attn_mask_type = attn_mask_type
-        self.heads_per_partition = divide(config.num_attention_heads, tp)
-        self.groups_per_partition = divide(config.num_query_groups, tp)
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(config.kv_channels)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
 
     def forward(
         self,
-        query: torch.Tensor,  # [sq, b, np, hn]
-        key: torch.Tensor,  # [sk, b, ng, hn]
-        value: torch.Tensor,  # [sk, b, ng, hn]
+        query: torch.Tensor,  # [sq, b, np, hn]; THD: [t, np, hn]
+        key: torch.Tensor,  # [sk, b, ng, hn]; THD: [t, ng, hn]
+        value: torch.Tensor,  # [sk, b, ng, hn]; THD: [t, ng, hn]
         attention_mask: torch.Tensor | None,  # [b, 1, sq, sk] bool, True = masked
         attn_mask_type: AttnMaskType | None = None,
         attention_bias: torch.Tensor | None = None,
-        packed_seq_params=None,
+        packed_seq_params: PackedSeqParams | None = None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError(
-                "packed_seq_params/attention_bias need model.impl=transformer_engine; the torch "
-                "implementation expresses packing with a block-diagonal attention_mask"
-            )
+        if attention_bias is not None:
+            raise ValueError("attention_bias needs model.impl=transformer_engine")
         mask_type = attn_mask_type or self.attn_mask_type
+        causal = mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
+        if packed_seq_params is not None and packed_seq_params.qkv_format == "thd":
+            return self._packed(query, key, value, packed_seq_params, causal)  # [t, np * hn]
+        if packed_seq_params is not None:
+            raise ValueError(f"SDPAttention takes qkv_format='thd' packed rows, not {packed_seq_params.qkv_format!r}")
         sq, b, np_, hn = query.shape
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
-        if self.heads_per_partition != self.groups_per_partition:
-            rep = self.heads_per_partition // self.groups_per_partition
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        mask = None
-        is_causal = False
-        if attention_mask is not None:
-            mask = ~attention_mask  # SDPA: True = attend
-        elif mask_type == AttnMaskType.causal:
-            is_causal = True
-        dropout = self.dropout_p if self.training else 0.0
-        if dropout > 0:
-            with tensor_parallel.get_cuda_rng_tracker().fork():
-                ctx = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
-                    scale=self.softmax_scale,
-                )
-        else:
-            ctx = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.softmax_scale
-            )
+        mask = None if attention_mask is None else ~attention_mask  # SDPA: True = attend
+        ctx = self._sdpa(q, k, v, mask, is_causal=causal and mask is None)
         # [b, np, sq, hn] -> [sq, b, np * hn]
         return ctx.permute(2, 0, 1, 3).reshape(sq, b, np_ * hn)
+
+    def _sdpa(self, q, k, v, mask, is_causal: bool) -> torch.Tensor:
+        gqa = q.shape[-3] != k.shape[-3]
+        dropout = self.dropout_p if self.training else 0.0
+        kw = dict(attn_mask=mask, is_causal=is_causal, scale=self.softmax_scale, enable_gqa=gqa)
+        if dropout > 0:
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **kw)
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+
+    def _packed(self, q, k, v, p: PackedSeqParams, causal: bool) -> torch.Tensor:
+        t, np_, hn = q.shape
+        dropout = self.dropout_p if self.training else 0.0
+        if (varlen_attn is not None and isinstance(p, PackedRows) and q.is_cuda and q.dtype in _VARLEN_DTYPES
+                and dropout == 0):
+            return self._varlen(q, k, v, p, causal).reshape(t, np_ * hn)
+        pieces, cursor = [], 0
+        for start, length in _segments(p):
+            if start > cursor:  # padding: zeros, no attention work
+                pieces.append(q.new_zeros(start - cursor, np_ * hn))
+            seg = [x[start:start + length].transpose(0, 1) for x in (q, k, v)]  # [heads, L, hn]
+            out = self._sdpa(*seg, None, is_causal=causal)  # [np, L, hn]
+            pieces.append(out.transpose(0, 1).reshape(length, np_ * hn))
+            cursor = start + length
+        if cursor < t:
+            pieces.append(q.new_zeros(t - cursor, np_ * hn))
+        return torch.cat(pieces)
+
+    def _varlen(self, q, k, v, p: PackedRows, causal: bool) -> torch.Tensor:
+        """The whole pack in one flash call; padding is gathered out first, zeros put back after."""
+        index = p.real_index
+        if index is not None:
+            q, k, v = (x.index_select(0, index) for x in (q, k, v))  # [n_real, heads, hn]
+        longest = p.max_real
+        out = varlen_attn(q, k, v, p.cu_seqlens_q, p.cu_seqlens_kv, longest, longest, scale=self.softmax_scale,
+                          window_size=(-1, 0) if causal else (-1, -1), enable_gqa=q.shape[1] != k.shape[1])
+        if index is None:
+            return out
+        full = out.new_zeros(p.total_tokens, *out.shape[1:])
+        return full.index_copy(0, index, out)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from megatron.core import parallel_state
 
 from nvlm_train.config.errors import ConfigError
@@ -13,7 +15,7 @@ from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
 from nvlm_train.model.init import initialize_parameters
 from nvlm_train.model.nvlm_d import NVLMDModel
-from nvlm_train.model.specs import resolve_impl
+from nvlm_train.model.specs import ImplChoice, resolve_impl
 from nvlm_train.model.transformer_config import (
     Precision,
     language_transformer_config,
@@ -29,6 +31,7 @@ class BuiltModel:
     impl: str
     padded_vocab: int
     padded_vision_heads: int
+    note: str | None = None  # why model.impl=auto chose these layers, when it was not the obvious choice
 
 
 def apply_freezing(chunk: NVLMDModel, model: ModelConfig) -> None:
@@ -57,17 +60,21 @@ def cast_floating_params(chunk: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precision | None = None,
-                initialize: bool = True, meta: bool = False) -> BuiltModel:
+                initialize: bool = True, meta: bool = False, packed: bool = True) -> BuiltModel:
     """Model chunks for this rank (parallel state must be initialised).
 
     ``meta``: parameters on the meta device (shapes and names, no memory; uninitialised), with the
     ``torch`` layers even where CUDA or Transformer Engine is present: for streaming conversion.
+    ``packed``: batches may hold several samples per row (data.packing); see ``resolve_impl``.
     """
     model.validate()
     precision = precision or Precision()
     if parallel.sequence_parallel:
         raise ConfigError("parallel.sequence_parallel is not supported yet for NVLM-D; set it to false")
-    impl = "torch" if meta else resolve_impl(model.impl)
+    choice = ImplChoice("torch", llm_thd=True) if meta else resolve_impl(model.impl, packed, precision.bf16)
+    impl = choice.impl
+    if choice.note and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(choice.note, file=sys.stderr, flush=True)
     tp = parallel_state.get_tensor_model_parallel_world_size()
     vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
     vocab = padded_vocab_size(model.language.vocab_size, tp, model.language.vocab_pad_multiple)
@@ -81,7 +88,8 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage)
         with torch.device("meta") if meta else contextlib.nullcontext():
-            chunk = NVLMDModel(model, vision_cfg if pre else None, lang_cfg, impl, vocab, pre, post, stage)
+            chunk = NVLMDModel(model, vision_cfg if pre else None, lang_cfg, impl, vocab, pre, post, stage,
+                               llm_thd=choice.llm_thd)
         if torch.cuda.is_available() and not meta:
             chunk.cuda(torch.cuda.current_device())
         if initialize and not meta:
@@ -90,4 +98,4 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
             cast_floating_params(chunk, precision.params_dtype)
         apply_freezing(chunk, model)
         chunks.append(chunk)
-    return BuiltModel(chunks, impl, vocab, heads)
+    return BuiltModel(chunks, impl, vocab, heads, choice.note)

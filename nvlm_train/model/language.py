@@ -15,8 +15,9 @@ class PositionIdRotaryEmbedding(torch.nn.Module):
 
     ``GPTModel`` asks its rotary module for positions ``0..s-1``; NVLM-D's batches carry
     ``position_ids`` (restarting at each packed sample), so the caller sets them with
-    ``use_position_ids`` for the duration of a forward and the frequencies are gathered per
-    token: ``[s, b, 1, d]`` instead of ``[s, 1, 1, d]``.
+    ``position_ids`` for the duration of a forward and the frequencies are gathered per
+    token: ``[s, b, 1, d]`` instead of ``[s, 1, 1, d]``. THD (packed) forwards leave it unset:
+    megatron-core then restarts the positions at every ``cu_seqlens_q_padded`` offset itself.
     """
 
     def __init__(self, inner: torch.nn.Module):
@@ -43,10 +44,11 @@ def build_qwen2(
     pre_process: bool,
     post_process: bool,
     vp_stage: int | None = None,
+    thd: bool = False,
 ) -> GPTModel:
     model = GPTModel(
         config=config,
-        transformer_layer_spec=qwen2_layer_spec(impl),
+        transformer_layer_spec=qwen2_layer_spec(impl, thd),
         vocab_size=padded_vocab,
         max_sequence_length=lm.max_position_embeddings,
         pre_process=pre_process,

@@ -3,6 +3,10 @@
 One instance is one pipeline stage (or one virtual chunk of it). The vision encoder and the
 projector exist only where ``pre_process`` is true (the first stage's first chunk); later
 stages are plain Qwen2 decoder slices that receive hidden states from the previous stage.
+
+Packed rows reach the LLM as THD (``nvlm_train.model.packing``): the micro-batch runs as one
+``[b * s, 1, h]`` pack with ``PackedSeqParams``; stages still exchange ``[s, b, h]`` (the shape
+megatron's schedules allocate), converted at each stage's edges.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from nvlm_train.config.model import ModelConfig
 from nvlm_train.model.internvit import InternViT
 from nvlm_train.model.language import build_qwen2
 from nvlm_train.model.loss import token_cross_entropy
-from nvlm_train.model.packing import packed_causal_mask
+from nvlm_train.model.packing import (
+    PackedRows,
+    check_positions,
+    one_full_sample_per_row,
+    packed_rows,
+    sample_lengths,
+)
 from nvlm_train.model.projector import Projector, pixel_shuffle_v2
 
 
@@ -47,6 +57,17 @@ def splice_image_embeddings(
     return out.transpose(0, 1).contiguous()  # [s, b, h]
 
 
+def to_pack(x: torch.Tensor) -> torch.Tensor:
+    """[s, b, h] -> [b * s, 1, h], rows one after another (THD's token order)."""
+    s, b, h = x.shape
+    return x if b == 1 else x.transpose(0, 1).reshape(b * s, 1, h)
+
+
+def from_pack(x: torch.Tensor, b: int, s: int) -> torch.Tensor:
+    """[b * s, 1, h] -> [s, b, h]."""
+    return x if b == 1 else x.reshape(b, s, -1).transpose(0, 1).contiguous()
+
+
 class NVLMDModel(MegatronModule):
     def __init__(
         self,
@@ -58,6 +79,7 @@ class NVLMDModel(MegatronModule):
         pre_process: bool,
         post_process: bool,
         vp_stage: int | None = None,
+        llm_thd: bool = True,
     ):
         super().__init__(config=language_config)
         self.model_type = ModelType.encoder_or_decoder  # read by megatron's schedules
@@ -67,6 +89,9 @@ class NVLMDModel(MegatronModule):
         self.model_cfg = model
         self.pre_process = pre_process
         self.post_process = post_process
+        self.impl = impl
+        self.llm_thd = llm_thd
+        self._stage_input: torch.Tensor | None = None
         self.image_token_id = model.language.image_token_id
         self.downsample_ratio = model.projector.downsample_ratio
         self.vision_model: InternViT | None = None
@@ -83,11 +108,32 @@ class NVLMDModel(MegatronModule):
                 eps=model.projector.layernorm_eps,
             )
         self.language_model = build_qwen2(
-            language_config, model.language, impl, padded_vocab, pre_process, post_process, vp_stage
+            language_config, model.language, impl, padded_vocab, pre_process, post_process, vp_stage,
+            thd=llm_thd,
         )
 
     def set_input_tensor(self, input_tensor) -> None:
-        self.language_model.set_input_tensor(input_tensor)
+        """Called by megatron's schedules with the previous stage's [s, b, h] (handed on in ``forward``)."""
+        self._stage_input = input_tensor[0] if isinstance(input_tensor, list) else input_tensor
+
+    def packed_params(self, tokens: torch.Tensor, position_ids: torch.Tensor, seq_boundaries: torch.Tensor | None,
+                      num_samples: torch.Tensor | None) -> PackedRows | None:
+        """THD parameters for this micro-batch, or None where plain causal attention is exact."""
+        b, s = tokens.shape
+        if not self.llm_thd:  # Transformer Engine without THD: only one sample per row is safe
+            rows = [] if seq_boundaries is None else sample_lengths(seq_boundaries.cpu(), num_samples)
+            if any(len(x) > 1 for x in rows):
+                raise RuntimeError(
+                    "this batch packs several samples into a row, but the model was built for "
+                    "Transformer Engine without THD support (data.packing=false); they would attend to "
+                    "each other. Use model.impl=torch or set data.packing=false in the data pipeline"
+                )
+            return None
+        if self.impl == "torch" and one_full_sample_per_row(seq_boundaries, num_samples, s):
+            return None  # SDPA is_causal over whole rows: its flash kernel, nothing to skip
+        if seq_boundaries is not None and position_ids.device.type == "cpu":
+            check_positions(position_ids, seq_boundaries.to(position_ids.device))
+        return packed_rows(seq_boundaries, num_samples, b, s, device=tokens.device)
 
     def forward(
         self,
@@ -96,12 +142,14 @@ class NVLMDModel(MegatronModule):
         labels: torch.Tensor | None = None,  # [b, s]
         pixel_values: torch.Tensor | None = None,  # [tiles, 3, H, W]
         seq_boundaries: torch.Tensor | None = None,  # [b, n+1]
+        num_samples: torch.Tensor | None = None,  # [b]; without it trailing padding counts as a sample
     ) -> torch.Tensor:
         """Last stage: per-token loss [b, s] given ``labels``, else vocab-parallel logits [b, s, V/tp].
 
         Other stages return hidden states [s, b, h] for the next stage.
         """
         b, s = tokens.shape
+        packed = self.packed_params(tokens, position_ids, seq_boundaries, num_samples)
         decoder_input = None
         if self.pre_process:
             text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # [s, b, h]
@@ -112,16 +160,24 @@ class NVLMDModel(MegatronModule):
                 image = self._project(vit_out)
             else:
                 image = text.new_zeros(0, text.shape[-1])
-            decoder_input = splice_image_embeddings(text, tokens, image, self.image_token_id)
-        mask = packed_causal_mask(seq_boundaries, b, s, device=tokens.device)
+            decoder_input = splice_image_embeddings(text, tokens, image, self.image_token_id)  # [s, b, h]
+            if packed is not None:
+                decoder_input = to_pack(decoder_input)  # [b * s, 1, h]
+        stage_input = self._stage_input
+        if packed is not None and stage_input is not None:
+            stage_input = to_pack(stage_input)
+        self.language_model.set_input_tensor(stage_input)
         rope = self.language_model.rotary_pos_emb
-        rope.position_ids = position_ids
+        rope.position_ids = None if packed is not None else position_ids  # THD: restarts from cu_seqlens
         try:
             out = self.language_model(
-                input_ids=tokens, position_ids=position_ids, attention_mask=mask, decoder_input=decoder_input
-            )  # last stage: logits [b, s, V/tp]; otherwise hidden states [s, b, h]
+                input_ids=tokens, position_ids=position_ids, attention_mask=None, decoder_input=decoder_input,
+                packed_seq_params=packed,
+            )  # last stage: logits [b, s, V/tp] ([1, b * s, V/tp] packed); otherwise [s, b, h] ([b * s, 1, h])
         finally:
             rope.position_ids = None
+        if packed is not None:
+            out = out.reshape(b, s, -1) if self.post_process else from_pack(out, b, s)
         if self.post_process and labels is not None:
             return token_cross_entropy(out, labels, self.model_cfg.language.vocab_size)
         return out

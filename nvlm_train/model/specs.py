@@ -8,7 +8,9 @@ GPUs without Transformer Engine. ``transformer_engine`` swaps in TE's linears an
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import re
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from nvlm_train.config.errors import ConfigError
 from nvlm_train.model.attention import SDPAttention
 from nvlm_train.model.internvit_layers import (
     FullWidthQKRMSNorm,
@@ -30,21 +33,78 @@ from nvlm_train.model.internvit_layers import (
     NoBiasColumnParallelLinear,
 )
 
+# megatron-core hands ``cu_seqlens_*_padded`` to Transformer Engine only from 1.10 on (older TE
+# silently drops them, which misaligns rows with trailing padding); 1.7 added padding-causal THD.
+TE_THD_MIN_VERSION = (1, 10)
+
 
 def transformer_engine_available() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None
 
 
-def resolve_impl(impl: str) -> str:
-    """'auto' -> transformer_engine on a CUDA machine that has it, else torch."""
-    if impl == "auto":
-        return "transformer_engine" if torch.cuda.is_available() and transformer_engine_available() else "torch"
-    if impl == "transformer_engine" and not transformer_engine_available():
-        raise RuntimeError(
+def transformer_engine_version() -> tuple[int, ...] | None:
+    for dist in ("transformer_engine", "transformer-engine", "transformer_engine_torch"):
+        try:
+            text = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    else:
+        return None
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def te_thd_unsupported(bf16: bool) -> str | None:
+    """Why the installed Transformer Engine cannot run packed (THD) rows for this run; None if it can."""
+    version = transformer_engine_version()
+    if version is not None and version[:2] < TE_THD_MIN_VERSION:
+        found = ".".join(map(str, version))
+        return (f"Transformer Engine {found} < 1.10: megatron-core drops cu_seqlens_*_padded for it, so packed "
+                f"rows with trailing padding would be misaligned")
+    if not bf16:
+        return ("Transformer Engine's THD attention runs in its flash/cuDNN backends, which take bf16/fp16 only, "
+                "and this run is fp32")
+    return None
+
+
+@dataclass(frozen=True)
+class ImplChoice:
+    impl: str  # "torch" | "transformer_engine"
+    llm_thd: bool  # the LLM's attention takes packed rows as THD (always on torch)
+    note: str | None = None  # why auto chose what it chose, for the log
+
+
+def resolve_impl(impl: str, packed: bool = True, bf16: bool = True) -> ImplChoice:
+    """'auto' -> transformer_engine on a CUDA machine whose TE can run this run's rows, else torch.
+
+    ``packed``: rows hold several samples (data.packing). Samples packed into one row must never
+    see each other, so a TE that cannot do THD is refused with packing (explicit impl) or skipped
+    (auto, with a note saying why).
+    """
+    if impl not in ("auto", "torch", "transformer_engine"):
+        raise ConfigError(f"model.impl={impl!r}: expected auto, torch or transformer_engine")
+    if impl == "torch":
+        return ImplChoice("torch", llm_thd=True)
+    have_te = transformer_engine_available()
+    if impl == "auto" and not (torch.cuda.is_available() and have_te):
+        return ImplChoice("torch", llm_thd=True)
+    if not have_te:
+        raise ConfigError(
             "model.impl=transformer_engine but transformer_engine is not installed; use "
             "model.impl=torch (or auto), or run in the NGC container (see Dockerfile)"
         )
-    return impl
+    reason = te_thd_unsupported(bf16)
+    if reason is None:
+        return ImplChoice("transformer_engine", llm_thd=True)
+    if not packed:  # one sample per row: causal attention with trailing padding is exact
+        return ImplChoice("transformer_engine", llm_thd=False)
+    if impl == "auto":
+        return ImplChoice("torch", llm_thd=True,
+                          note=f"model.impl=auto: using the torch layers, not Transformer Engine, because {reason}")
+    raise ConfigError(
+        f"model.impl=transformer_engine cannot run packed rows (data.packing=true) here: {reason}. Use "
+        f"model.impl=torch or auto, or set data.packing=false"
+    )
 
 
 @dataclass(frozen=True)
@@ -106,16 +166,21 @@ def internvit_layer_spec(impl: str, num_real_heads: int, layerscale_init: float)
     )
 
 
-def qwen2_layer_spec(impl: str) -> ModuleSpec:
-    """Qwen2 decoder layer: pre-RMSNorm, GQA with q/k/v bias, SwiGLU MLP (bias-free)."""
+def qwen2_layer_spec(impl: str, thd: bool = False) -> ModuleSpec:
+    """Qwen2 decoder layer: pre-RMSNorm, GQA with q/k/v bias, SwiGLU MLP (bias-free).
+
+    ``thd``: Transformer Engine gets every micro-batch as THD packed rows, with the padding-causal
+    mask type megatron-core's LLaVA path uses (TE ignores masks under plain ``causal``).
+    """
     m = _modules(impl)
+    mask = AttnMaskType.padding_causal if thd and impl == "transformer_engine" else AttnMaskType.causal
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
             input_layernorm=m.norm,
             self_attention=ModuleSpec(
                 module=SelfAttention,
-                params={"attn_mask_type": AttnMaskType.causal},
+                params={"attn_mask_type": mask},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=m.column,
                     core_attention=m.attention,

@@ -14,6 +14,10 @@ from functools import partial
 import torch
 
 from nvlm_train.data.device_tiles import tiles_on_device
+from nvlm_train.model.packing import check_positions
+
+# Read on the host to build the packed-attention tables: moving them would cost a device sync.
+HOST_KEYS = ("seq_boundaries", "num_samples")
 
 
 def to_device(batch: dict, device: torch.device | str, needs_pixels: bool = True) -> dict:
@@ -24,8 +28,8 @@ def to_device(batch: dict, device: torch.device | str, needs_pixels: bool = True
     """
     images, plans = batch.get("images"), batch.get("image_plans")
     skip = ("images", "image_plans") if needs_pixels else ("images", "image_plans", "pixel_values")
-    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
-           if k not in skip}
+    out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) and k not in HOST_KEYS else v)
+           for k, v in batch.items() if k not in skip}
     if needs_pixels and plans is not None and plans.shape[0]:
         out["pixel_values"] = tiles_on_device(images.to(device, non_blocking=True), plans)
     return out
@@ -50,6 +54,8 @@ def masked_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 def forward_step(data_iterator: Iterator[dict], model):
     batch = next(data_iterator)
     device = next(model.parameters()).device
+    if batch.get("seq_boundaries") is not None and batch["position_ids"].device.type == "cpu":
+        check_positions(batch["position_ids"], batch["seq_boundaries"])  # on the host, before the copy
     batch = to_device(batch, device, needs_pixels=_first_stage(model))
     output = model(
         batch["tokens"],
@@ -57,5 +63,6 @@ def forward_step(data_iterator: Iterator[dict], model):
         labels=batch["labels"],
         pixel_values=batch.get("pixel_values"),
         seq_boundaries=batch.get("seq_boundaries"),
+        num_samples=batch.get("num_samples"),
     )
     return output, partial(masked_loss, batch["loss_mask"])

@@ -47,7 +47,8 @@ def build_batch(rows, seq_length: int, tokens_per_tile: int, image_token_id: int
     seq_boundaries = torch.tensor([s + [seq_length] * (width - len(s)) for s in bounds], dtype=torch.long)
     pixel_values = torch.randn(tiles, 3, image_size, image_size, generator=gen)
     return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
-            "seq_boundaries": seq_boundaries, "pixel_values": pixel_values}
+            "seq_boundaries": seq_boundaries, "num_samples": torch.tensor([len(r) for r in rows]),
+            "pixel_values": pixel_values}
 
 
 # Two micro-batches of 2 rows x 96 tokens (tiny model: 16 image tokens per tile). Several images

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nvlm_train.model.nvlm_d import ImageTokenMismatchError, splice_image_embeddings
-from nvlm_train.model.packing import packed_causal_mask, segment_ids
+from nvlm_train.model.packing import check_positions, packed_rows, segment_ids
 from nvlm_train.model.projector import pixel_shuffle_v2
 from tests.dist import run_ranks
 from tests.model.batches import build_batch
@@ -41,7 +41,7 @@ def packing_worker(rank, world):
     for i, tiles in enumerate([2, 0, 1]):
         start, end = bounds[i], bounds[i + 1]
         single = {k: v[:, start:end].clone() for k, v in packed.items()
-                  if k not in ("pixel_values", "seq_boundaries")}
+                  if k not in ("pixel_values", "seq_boundaries", "num_samples")}
         single["seq_boundaries"] = torch.tensor([[0, end - start]])
         single["pixel_values"] = packed["pixel_values"][tile_offset:tile_offset + tiles]
         tile_offset += tiles
@@ -59,19 +59,39 @@ def test_packed_row_equals_samples_alone():
         assert abs(packed_sum - alone_sum) <= 1e-5 * abs(alone_sum), (packed_sum, alone_sum)
 
 
-def test_packed_mask_blocks_cross_sample_attention():
+def test_packed_rows_thd_parameters_by_hand():
+    # One row of 6: samples of 3 and 2 tokens, then 1 padding token (its own segment).
     bounds = torch.tensor([[0, 3, 5, 6, 6]])
     assert segment_ids(bounds, 6).tolist() == [[0, 0, 0, 1, 1, 2]]
-    mask = packed_causal_mask(bounds, 1, 6)[0, 0]
-    allowed = (~mask).int().tolist()
-    assert allowed == [
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [0, 0, 0, 1, 0, 0],
-        [0, 0, 0, 1, 1, 0],
-        [0, 0, 0, 0, 0, 1],
-    ]
+    p = packed_rows(bounds, torch.tensor([2]), 1, 6)
+    assert p.qkv_format == "thd"
+    assert p.cu_seqlens_q.tolist() == [0, 3, 5] and p.cu_seqlens_q.dtype == torch.int32
+    assert p.cu_seqlens_q_padded.tolist() == [0, 3, 6]  # the padding rides on the row's last sample
+    assert p.cu_seqlens_kv is p.cu_seqlens_q and p.cu_seqlens_kv_padded is p.cu_seqlens_q_padded
+    assert (p.max_seqlen_q, p.max_seqlen_kv, p.max_real) == (3, 3, 3)
+    assert p.segments == ((0, 3), (3, 2)) and p.total_tokens == 6
+    assert p.real_index.tolist() == [0, 1, 2, 3, 4]
+    # Two rows of 10 (the micro-batch is one pack of 20): [4, 3, pad 3] and [6, 4].
+    p = packed_rows(torch.tensor([[0, 4, 7, 10], [0, 6, 10, 10]]), torch.tensor([2, 2]), 2, 10)
+    assert p.cu_seqlens_q.tolist() == [0, 4, 7, 13, 17]
+    assert p.cu_seqlens_q_padded.tolist() == [0, 4, 10, 16, 20]
+    assert (p.max_seqlen_q, p.max_real) == (6, 6)
+    assert p.segments == ((0, 4), (4, 3), (10, 6), (16, 4))
+    assert p.real_index.tolist() == list(range(7)) + list(range(10, 20))
+    # No padding, no index; no boundaries: one sequence per row.
+    p = packed_rows(None, None, 2, 5)
+    assert p.cu_seqlens_q.tolist() == p.cu_seqlens_q_padded.tolist() == [0, 5, 10] and p.real_index is None
+    # Without num_samples the padding segment counts as a sample (attends only to itself).
+    assert packed_rows(bounds, None, 1, 6).cu_seqlens_q.tolist() == [0, 3, 5, 6]
+    with pytest.raises(ValueError, match="num_samples=4"):
+        packed_rows(bounds, torch.tensor([4]), 1, 6)
+
+
+def test_positions_must_restart_per_sample():
+    bounds = torch.tensor([[0, 3, 5, 6, 6]])
+    check_positions(torch.tensor([[0, 1, 2, 0, 1, 0]]), bounds)
+    with pytest.raises(ValueError, match="row 0 position 3 has 3, expected 0"):
+        check_positions(torch.arange(6).unsqueeze(0), bounds)
 
 
 def _pixel_shuffle_reference(x: torch.Tensor, r: float) -> torch.Tensor:
