@@ -28,12 +28,13 @@ Environment:
                          launch/slurm/train.sbatch
   TORCHRUN_ARGS          extra torchrun arguments, e.g. "--max-restarts 2"
   TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-                         seconds torchrun gives workers to exit after it was signalled itself
-                         before it kills them (default here: 600)
+                         seconds torchrun gives workers to exit after a SIGHUP/SIGQUIT before it
+                         kills them (default here: 600)
 
-Signals: SIGTERM, SIGUSR1 (and SIGINT) sent to this script are passed to every rank on this
-node; the trainer then saves a checkpoint and exits 0, and so does this script. Re-running
-with the same run.dir resumes.
+Signals: SIGTERM, SIGUSR1 and SIGINT, sent to this script, to torchrun, to the ranks or to the
+whole process group (kill -TERM -- -PGID), make every rank on this node save a checkpoint at
+the end of its step and exit 0, and so does this script (torchrun ignores them; this script
+passes them to the ranks). Re-running with the same run.dir resumes.
 
 Examples:
   launch/torchrun.sh 2 experiment=demo parallel.tp=2
@@ -88,13 +89,16 @@ else
 fi
 read -r -a extra <<<"${TORCHRUN_ARGS:-}"
 
-# Signals. torchrun runs in the background so that this script can pass SIGTERM/SIGUSR1 straight to
-# the workers: they save and exit 0, torchrun sees a clean finish and exits 0. torchrun itself
-# starts with SIGUSR1 ignored (its workers inherit that until the trainer installs its handler):
-# SLURM signals every process of a job step, and a SIGUSR1 that torchrun handled would make it
-# stop its workers and exit 1, an unhandled one would kill it and orphan them. SIGTERM stays with
-# torchrun's own handler (it passes it on, then waits TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds).
-trap '' USR1
+# Signals. SLURM (every process of the job step) and `kill -- -PGID` signal torchrun, its workers and
+# this script at once, so each of them must survive a SIGTERM/SIGUSR1/SIGINT:
+# * torchrun starts with the three ignored and told to handle only SIGHUP/SIGQUIT: its own SIGTERM
+#   handling raises SignalException, stops the workers and exits 1 even when every rank saved;
+# * the workers inherit the ignored signals until the trainer installs its handler (first thing it
+#   does): a signal that arrives before is not lost, because this script passes the signal to the
+#   workers again every second until torchrun exits;
+# * each rank saves a checkpoint at the end of its step and exits 0; torchrun exits 0, so does this.
+trap '' USR1 TERM INT
+export PET_SIGNALS_TO_HANDLE="SIGHUP,SIGQUIT"
 "$PYTHON" -m torch.distributed.run "${rdzv[@]}" --nproc-per-node "$nproc" ${extra[@]+"${extra[@]}"} \
   -m nvlm_train.train "$@" &
 launcher=$!
@@ -112,26 +116,31 @@ children_of() {
   fi
 }
 
+pending=""
 forward() {
   local sig="$1" workers
   workers="$(children_of "$launcher")"
-  echo "torchrun.sh: SIG$sig -> workers ${workers//$'\n'/ }" >&2
-  if [[ -n "$workers" ]]; then
-    # shellcheck disable=SC2086
-    kill -s "$sig" $workers 2>/dev/null || true
-  else
-    kill -s "$sig" "$launcher" 2>/dev/null || true
+  if [[ -z "$pending" ]]; then
+    echo "torchrun.sh: SIG$sig -> workers ${workers//$'\n'/ }" >&2
+    pending="$sig"
   fi
+  # shellcheck disable=SC2086
+  [[ -z "$workers" ]] || kill -s "$pending" $workers 2>/dev/null || true
 }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 
+# Poll rather than block in `wait`, to re-send a pending signal (see above); a trapped signal
+# interrupts the sleep.
+while kill -0 "$launcher" 2>/dev/null; do
+  [[ -z "$pending" ]] || forward "$pending"
+  sleep 1 &
+  wait $! 2>/dev/null || true
+done
 rc=0
 wait "$launcher" || rc=$?
-# `wait` returns early (status > 128) when a trapped signal arrives: keep waiting for the exit.
-while (( rc > 128 )) && kill -0 "$launcher" 2>/dev/null; do
-  rc=0
-  wait "$launcher" || rc=$?
-done
+if [[ -n "$pending" ]]; then
+  echo "torchrun.sh: torchrun exited with status $rc after SIG$pending" >&2
+fi
 exit "$rc"

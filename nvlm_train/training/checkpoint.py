@@ -28,6 +28,9 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from nvlm_train.config.model import NON_ARCHITECTURE_FIELDS
+from nvlm_train.training.ckpt_writer import shutdown_manager, use_in_process_results_queue
+
 TRACKER = "latest_checkpointed_iteration.txt"
 
 
@@ -160,6 +163,7 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
         tmp.mkdir()
     dist.barrier()
     sd = _sharded_state(chunks, optimizer, scheduler, loader_state, state, config_yaml, is_loading=False)
+    use_in_process_results_queue()  # no Manager process for a signal to the job to kill
     dist_checkpointing.save(sd, str(tmp), sharded_strategy=sharded_strategy)
     _fault_injection_point("after_write")
     dist.barrier()
@@ -192,16 +196,11 @@ def _prune(root: Path, keep_last: int) -> None:
 
 
 def shutdown_checkpoint_writers() -> None:
-    """Stop the multiprocessing Manager megatron's async checkpoint writer starts on the first save.
-
-    Left running, it is only reaped at interpreter exit, which keeps every rank alive seconds longer.
-    """
+    """Stop a multiprocessing Manager megatron's checkpoint writer may have started (saves made
+    outside ``save_checkpoint``); left running, it keeps every rank alive seconds longer at exit."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    queue = getattr(filesystem_async, "_results_queue", None)
-    manager = getattr(queue, "_manager", None)
-    if manager is not None:
-        manager.shutdown()
+    shutdown_manager(getattr(filesystem_async, "_results_queue", None))
     filesystem_async._results_queue = None
 
 
@@ -218,7 +217,7 @@ def check_architecture(saved_model: dict, current_model: dict) -> None:
     for section in shape_keys:
         saved, now = saved_model.get(section, {}), current_model.get(section, {})
         for key in sorted(set(saved) | set(now)):
-            if key in ("image_token_id",):
+            if key in NON_ARCHITECTURE_FIELDS:
                 continue
             if saved.get(key) != now.get(key):
                 diffs.append(f"model.{section}.{key}: checkpoint {saved.get(key)!r}, config {now.get(key)!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -69,3 +70,68 @@ def wait_for_line(path: Path, prefix: str, timeout: float, proc=None) -> None:
 
 def tail(path: Path, chars: int = 4000) -> str:
     return Path(path).read_text(errors="replace")[-chars:] if Path(path).exists() else f"({path} missing)"
+
+
+def reached_iteration(log: Path) -> int:
+    """The last iteration rank 0 logged (console lines ``iter      N ...``), 0 if none yet."""
+    its = [int(line.split()[1]) for line in Path(log).read_text(errors="replace").splitlines()
+           if line.startswith("iter ") and len(line.split()) > 1 and line.split()[1].isdigit()]
+    return its[-1] if its else 0
+
+
+def wait_for_iteration(log: Path, iteration: int, timeout: float, proc=None) -> int:
+    """Wait until rank 0 logged ``iteration`` (or later); returns the iteration logged last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reached = reached_iteration(log) if Path(log).exists() else 0
+        if reached >= iteration:
+            return reached
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before iteration {iteration}:\n{tail(log)}")
+        time.sleep(0.2)
+    raise AssertionError(f"iteration {iteration} not reached in {timeout:.0f} s:\n{tail(log)}")
+
+
+def tmp_checkpoints(run_dir: Path) -> list[str]:
+    """Leftovers of cut-short saves (``iter_*.tmp``, the tracker's temporary file)."""
+    return sorted(p.name for p in (Path(run_dir) / "checkpoints").glob("*.tmp"))
+
+
+def processes_in_group(pgid: int) -> list[str]:
+    """``pid comm`` of the live (non-zombie) processes of a process group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm_end = text.rfind(")")
+        fields = text[comm_end + 2:].split()
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(f"{stat.parent.name} {text[text.find('(') + 1:comm_end]}")
+    return found
+
+
+def assert_contiguous_finite(metrics: list[dict], last: int) -> None:
+    """Each iteration 1..last logged exactly once, with a finite loss."""
+    iterations = [m["iteration"] for m in metrics]
+    assert iterations == list(range(1, last + 1)), iterations
+    assert all(math.isfinite(m["loss"]) for m in metrics), [m["loss"] for m in metrics]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (torchrun puts each worker in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
