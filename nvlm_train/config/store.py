@@ -16,17 +16,26 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from nvlm_train.config.model import ModelConfig
-from nvlm_train.config.parallel import ParallelConfig
-from nvlm_train.config.train import DataSection, TrainConfig
+from nvlm_train.config.overrides import check_overrides
+from nvlm_train.config.train import TrainConfig
 
 
 def config_dir() -> Path:
-    """``configs/`` of this checkout (override with NVLM_CONFIG_DIR)."""
+    """``configs/`` of this checkout (override with NVLM_CONFIG_DIR).
+
+    An absolute path, found from this package's location: Hydra resolves a relative ``config_path``
+    against the package when the app runs as the ``nvlm-train`` console script, not as a file.
+    """
     env = os.environ.get("NVLM_CONFIG_DIR")
     path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
     if not path.is_dir():
         raise FileNotFoundError(f"config directory {path} not found; set NVLM_CONFIG_DIR to the repo's configs/")
     return path
+
+
+def config_groups() -> frozenset[str]:
+    """Names of the config groups under ``configs/`` (``model``, ``data``, ...), for override checks."""
+    return frozenset(p.name for p in config_dir().iterdir() if p.is_dir())
 
 
 @dataclass
@@ -43,16 +52,18 @@ def register_configs() -> None:
         return
     cs = ConfigStore.instance()
     cs.store(name="summary_schema", node=SummaryConfig)
+    # Only the primary configs get schemas: they type every section, so the group files (model/,
+    # data/, ...) merge onto typed nodes without schemas of their own, which Hydra would otherwise
+    # list as choices of the group (``data=data_schema``).
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="data", name="data_schema", node=DataSection)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
     _registered = True
 
 
 def compose_config(config_name: str, overrides: list[str] | None = None):
     """Compose ``configs/<config_name>.yaml`` with Hydra overrides (no working-dir change)."""
     register_configs()
+    check_overrides(list(overrides or []), SummaryConfig if config_name == "summary" else TrainConfig,
+                    config_groups())
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides or []))
 

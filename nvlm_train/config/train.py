@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import MISSING
+
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
@@ -65,7 +67,7 @@ class RunSection:
 
 @dataclass
 class DataSection:
-    recipe: str = "demo"  # a recipe name in data_recipes/ or a YAML path
+    recipe: str = MISSING  # a recipe name in data_recipes/ or a YAML path (data=demo sets "demo")
     eval_recipe: str | None = None  # held-out data for validation loss
     data_root: str | None = None  # fills ${DATA_ROOT} in recipe paths
     tokenizer_dir: str | None = None  # None: the demo tokenizer

@@ -33,7 +33,7 @@ from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu
 from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, wrap_ddp
-from nvlm_train.training.signals import PreemptionFlag
+from nvlm_train.training.signals import install_process_flag
 
 
 class NonFiniteError(RuntimeError):
@@ -242,7 +242,7 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg.train
-        preempt = PreemptionFlag().install()
+        preempt = install_process_flag()  # usually installed already by the entry point
         layout = f"TP{self.cfg.parallel.tp} PP{self.cfg.parallel.pp} DP{self.dp_size}"
         tiles_where = "on the device" if self.loader.cfg.tile_on_device else "by the data workers"
         self._say(f"training {self.cfg.model.name} ({layout}, {'bf16' if self.precision.bf16 else 'fp32'}, "
@@ -279,7 +279,6 @@ class Trainer:
                 self.save()
             return 0
         finally:
-            preempt.uninstall()
             self.loader.close()
             self.metrics.close()
 
