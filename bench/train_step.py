@@ -2,9 +2,10 @@
 
 Runs ``--warmup`` untimed and ``--steps`` timed optimizer steps of ``nvlm_train``'s Trainer on
 the synthetic demo data (built into a temporary cache), then prints one JSON line: step time,
-tokens/s, achieved TFLOP/s per device (model FLOPs from ``nvlm_train.model.flops``), MFU and
-peak memory. Works on CPU (fp32, gloo) and on GPUs (bf16, NCCL); run it under torchrun for
-several ranks. Hydra overrides after ``--`` go to the training config.
+tokens/s (real tokens, not padding), achieved TFLOP/s per device (model FLOPs from
+``nvlm_train.model.flops``, attention per packed sample), padding fraction, MFU and peak memory.
+Works on CPU (fp32, gloo) and on GPUs (bf16, NCCL); run it under torchrun for several ranks.
+Hydra overrides after ``--`` go to the training config.
 
 CPU:          python bench/train_step.py --config nvlm_d_tiny --steps 5
 One H100:     python bench/train_step.py --config nvlm_d_2b -- train.seq_length=3200 train.micro_batch_size=1
@@ -42,12 +43,11 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     from nvlm_train.config.store import compose_config, to_dataclass
-    from nvlm_train.model.flops import model_flops
     from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
     from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
     from nvlm_train.parallel.launch_env import read_launch_env
     from nvlm_train.training.loop import Trainer
-    from nvlm_train.training.metrics import memory_gb, peak_tflops_per_gpu
+    from nvlm_train.training.metrics import memory_gb, peak_tflops_per_gpu, throughput
 
     tmp = tempfile.mkdtemp(prefix="nvlm_bench_")
     overrides = [f"model={args.config}", "data=demo", f"run.dir={tmp}/run", "run.wandb_mode=disabled",
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                                num_language_layers=train_cfg.model.language.num_layers, env=env)
         try:
             trainer = Trainer(train_cfg, OmegaConf.to_yaml(cfg), on_cpu)
-            times, flops, tokens = [], [], []
+            times, rates = [], []
             total = args.warmup + args.steps
             for i in range(total):
                 if torch.cuda.is_available():
@@ -75,15 +75,13 @@ def main(argv=None) -> int:
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
                 print(f"step {i + 1}/{total}: {dt:.3f} s loss {step['loss']:.4f}", file=sys.stderr, flush=True)
-                if i >= args.warmup:
-                    n_tok = step["rows"] * train_cfg.train.seq_length
+                if i >= args.warmup:  # real tokens, attention per packed sample (metrics.throughput)
                     times.append(dt)
-                    tokens.append(n_tok)
-                    flops.append(model_flops(train_cfg.model, int(n_tok), int(step["tiles"]),
-                                             train_cfg.train.seq_length))
+                    rates.append(throughput(train_cfg.model, step["counts"], int(step["tiles"]), dt,
+                                            env.world_size, None))
             world = env.world_size
             step_time = statistics.median(times)
-            tflops = statistics.median(f / t for f, t in zip(flops, times)) / world / 1e12
+            tflops = statistics.median(r["tflops_per_gpu"] for r in rates)
             peak = args.peak_tflops or peak_tflops_per_gpu()
             result = {
                 "config": args.config,
@@ -92,7 +90,8 @@ def main(argv=None) -> int:
                 "layout": {"tp": train_cfg.parallel.tp, "pp": train_cfg.parallel.pp},
                 "dtype": "bf16" if trainer.precision.bf16 else "fp32",
                 "step_time_s": step_time,
-                "tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rates),
+                "padding_fraction": statistics.median(r["padding_fraction"] for r in rates),
                 "tflops_per_gpu": tflops,
                 "mfu": tflops / peak if peak else None,
                 "peak_tflops": peak,

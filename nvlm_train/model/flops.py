@@ -22,17 +22,19 @@ Forward, per part (``h`` hidden, ``f`` FFN width, ``L`` layers)
 
       2 * T * (C * f_proj + f_proj * h_llm)
 
-* LLM, per micro-batch of ``N`` tokens in rows of ``seq_length`` (GQA: ``kv = groups * head_dim``)::
+* LLM, per micro-batch of ``N`` real tokens (padding excluded) in packed samples of lengths
+  ``L_i`` (GQA: ``kv = groups * head_dim``)::
 
       per layer, linears   2 * N * (h*h [q] + 2*h*kv [k, v] + h*h [o] + 3*h*f [SwiGLU gate, up, down])
-      per layer, attention rows * 4 * seq_length^2 * h * 1/2
+      per layer, attention 4 * sum_i(L_i^2) * h * 1/2
       logits               2 * N * h * vocab
 
-  Causal attention counts HALF of the ``s^2`` score matrix (the causal triangle: the work a
-  causal kernel such as flash attention actually does; current Megatron-LM convention). Pass
-  ``full_causal_attention=True`` for the older convention (Megatron-LM 2021 / PaLM) that counts
-  the full square. Every row is taken as ONE sequence of ``seq_length`` tokens: for packed rows
-  (several samples, block-diagonal mask) this is an upper bound on the useful attention work.
+  Causal attention counts HALF of each sample's ``L_i^2`` score matrix (the causal triangle: the
+  work a causal kernel such as flash attention actually does; current Megatron-LM convention).
+  Pass ``full_causal_attention=True`` for the older convention (Megatron-LM 2021 / PaLM) that
+  counts the full square. Packed samples attend only within themselves (THD), so a row of
+  samples costs sum L_i^2, not ``seq_length^2``; give ``sum_sq_lengths``
+  (``nvlm_train.model.token_counts``). Without it every row is ONE sample of ``seq_length``.
 
 Backward
 --------
@@ -110,33 +112,47 @@ def projector_forward_flops_per_tile(model: ModelConfig) -> float:
     return 2.0 * model.tokens_per_tile * (in_size * f + f * model.language.hidden_size)
 
 
-def language_forward_flops(model: ModelConfig, tokens: int, seq_length: int,
-                           full_causal_attention: bool = False) -> tuple[float, float, float]:
+def _sum_sq(tokens: int, seq_length: int | None, sum_sq_lengths: float | None) -> float:
+    if sum_sq_lengths is not None:
+        if sum_sq_lengths < 0:
+            raise ValueError(f"need sum_sq_lengths >= 0 (got {sum_sq_lengths})")
+        return float(sum_sq_lengths)
+    if seq_length is None or seq_length <= 0:
+        raise ValueError(f"need seq_length > 0 or sum_sq_lengths (got seq_length={seq_length})")
+    return tokens / seq_length * float(seq_length) ** 2  # rows of one full-length sample
+
+
+def language_forward_flops(model: ModelConfig, tokens: int, seq_length: int | None = None,
+                           full_causal_attention: bool = False, *,
+                           sum_sq_lengths: float | None = None) -> tuple[float, float, float]:
     """(layer linears, layer attention, logits) forward FLOPs of ``tokens`` tokens, all layers."""
     lm = model.language
     h, f = lm.hidden_size, lm.ffn_hidden_size
     kv = lm.num_query_groups * lm.head_dim
     attn_width = lm.num_attention_heads * lm.head_dim
-    rows = tokens / seq_length
+    sum_sq = _sum_sq(tokens, seq_length, sum_sq_lengths)
     linears = lm.num_layers * 2.0 * tokens * (2 * h * attn_width + 2 * h * kv + 3 * h * f)
     causal = 1.0 if full_causal_attention else 0.5
-    attention = lm.num_layers * rows * 4.0 * seq_length**2 * attn_width * causal
+    attention = lm.num_layers * 4.0 * sum_sq * attn_width * causal
     logits = 2.0 * tokens * h * lm.vocab_size
     return linears, attention, logits
 
 
-def flops_breakdown(model: ModelConfig, tokens: int, tiles: int, seq_length: int,
-                    freeze: FreezeConfig | None = None, *,
+def flops_breakdown(model: ModelConfig, tokens: int, tiles: int, seq_length: int | None = None,
+                    freeze: FreezeConfig | None = None, *, sum_sq_lengths: float | None = None,
                     full_causal_attention: bool = False) -> FlopsBreakdown:
-    """Per-part FLOPs of one micro-batch: ``tokens`` LLM tokens (rows x seq_length, image-context
-    tokens included) and ``tiles`` image tiles. ``freeze`` defaults to ``model.freeze``."""
-    if tokens < 0 or tiles < 0 or seq_length <= 0:
-        raise ValueError(f"need tokens >= 0, tiles >= 0, seq_length > 0 (got {tokens}, {tiles}, {seq_length})")
+    """Per-part FLOPs of one micro-batch: ``tokens`` real LLM tokens (image-context tokens included,
+    padding not) and ``tiles`` image tiles; the attention from ``sum_sq_lengths`` (sum of squared sample
+    lengths) or, without it, rows of ``seq_length``. ``freeze`` defaults to ``model.freeze``."""
+    if tokens < 0 or tiles < 0:
+        raise ValueError(f"need tokens >= 0, tiles >= 0 (got {tokens}, {tiles})")
+    sum_sq = _sum_sq(tokens, seq_length, sum_sq_lengths)
     freeze = model.freeze if freeze is None else freeze
     patch, vit_lin, vit_attn = vision_forward_flops_per_tile(model)
     vit_fwd = tiles * (patch + vit_lin + vit_attn)
     proj_fwd = tiles * projector_forward_flops_per_tile(model)
-    lm_lin, lm_attn, logits = language_forward_flops(model, tokens, seq_length, full_causal_attention)
+    lm_lin, lm_attn, logits = language_forward_flops(model, tokens, None, full_causal_attention,
+                                                     sum_sq_lengths=sum_sq)
     lm_fwd = lm_lin + lm_attn + logits
 
     vit_trains = not freeze.vision and tiles > 0
@@ -157,9 +173,11 @@ def flops_breakdown(model: ModelConfig, tokens: int, tiles: int, seq_length: int
     return FlopsBreakdown(vit_fwd, proj_fwd, lm_fwd, vit_bwd, proj_bwd, lm_bwd)
 
 
-def model_flops(model_cfg: ModelConfig, tokens: int, tiles: int, seq_length: int,
-                freeze: FreezeConfig | None = None, *, full_causal_attention: bool = False) -> float:
+def model_flops(model_cfg: ModelConfig, tokens: int, tiles: int, seq_length: int | None = None,
+                freeze: FreezeConfig | None = None, *, sum_sq_lengths: float | None = None,
+                full_causal_attention: bool = False) -> float:
     """Total model FLOPs of one forward + backward step of a micro-batch (see module docstring)."""
     return flops_breakdown(
-        model_cfg, tokens, tiles, seq_length, freeze, full_causal_attention=full_causal_attention
+        model_cfg, tokens, tiles, seq_length, freeze, sum_sq_lengths=sum_sq_lengths,
+        full_causal_attention=full_causal_attention,
     ).total

@@ -23,7 +23,7 @@ from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
 from nvlm_train.data.packing import batch_tiles
 from nvlm_train.model.builder import build_model
-from nvlm_train.model.flops import model_flops
+from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
 from nvlm_train.model.transformer_config import Precision
 from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
 from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
@@ -31,7 +31,7 @@ from nvlm_train.parallel.launch_env import read_launch_env
 from nvlm_train.training import checkpoint as ckpt
 from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
-from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu
+from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
 from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, wrap_ddp
 from nvlm_train.training.signals import install_process_flag
 
@@ -97,7 +97,7 @@ class Trainer:
         self.data_root = data_root
         self.loader = train_loader(cfg, data_root, self.dp_rank, self.dp_size)
 
-        built = build_model(cfg.model, cfg.parallel, self.precision)
+        built = build_model(cfg.model, cfg.parallel, self.precision, packed=cfg.data.packing)
         self.built = built
         self.chunks = wrap_ddp(built.chunks, cfg, on_gpu=not on_cpu)
         self.optimizer, self.scheduler = build_optimizer(self.chunks, cfg, self.precision.bf16)
@@ -192,10 +192,15 @@ class Trainer:
         samples = sum(int(b["num_samples"].sum()) if "num_samples" in b else b["tokens"].shape[0] for b in batches)
         tiles = sum(batch_tiles(b) for b in batches)
         rows = sum(int(b["tokens"].shape[0]) for b in batches)
-        samples, tiles, rows = _all_reduce([samples, tiles, rows], parallel_state.get_data_parallel_group())
+        c = sum((batch_token_counts(b) for b in batches), TokenCounts())
+        samples, tiles, rows, real, padded, sum_sq = _all_reduce(
+            [samples, tiles, rows, c.real_tokens, c.padded_tokens, c.sum_sq_lengths],
+            parallel_state.get_data_parallel_group())
+        counts = TokenCounts(int(real), int(padded), int(sum_sq), int(samples))
         self.state.iteration += 1
         self.state.consumed_samples += int(samples)
-        return {"loss": loss, "grad_norm": grad_norm, "tiles": tiles, "rows": rows, "finite": finite}
+        return {"loss": loss, "grad_norm": grad_norm, "tiles": tiles, "rows": rows, "counts": counts,
+                "finite": finite}
 
     def evaluate(self) -> float | None:
         loader = eval_loader(self.cfg, self.data_root, self.dp_rank, self.dp_size)
@@ -221,18 +226,14 @@ class Trainer:
             print(msg, file=sys.stderr, flush=True)
 
     def _record(self, step: dict, dt: float) -> dict:
-        t = self.cfg.train
-        tokens = step["rows"] * t.seq_length
-        flops = model_flops(self.cfg.model, int(tokens), int(step["tiles"]), t.seq_length)
-        tflops = flops / dt / self.world / 1e12
+        # Real tokens and per-sample attention: padding is neither work nor throughput.
+        rates = throughput(self.cfg.model, step["counts"], int(step["tiles"]), dt, self.world, self.peak)
         return {
             "iteration": self.state.iteration,
             "loss": step["loss"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": step["grad_norm"],
-            "tokens_per_s": tokens / dt,
-            "tflops_per_gpu": tflops,
-            "mfu": (tflops / self.peak) if self.peak else None,
+            **rates,
             "memory_gb": memory_gb(),
             "step_time_s": dt,
             "consumed_samples": self.state.consumed_samples,

@@ -11,6 +11,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.model.flops import model_flops
+from nvlm_train.model.token_counts import TokenCounts
+
 
 def memory_gb() -> float:
     if torch.cuda.is_available():
@@ -29,6 +33,21 @@ def peak_tflops_per_gpu() -> float | None:
         if key in name:
             return peak
     return None
+
+
+def throughput(model: ModelConfig, counts: TokenCounts, tiles: int, seconds: float, world: int,
+               peak_tflops: float | None) -> dict:
+    """Honest step throughput: real tokens only; attention over each packed sample (``model.flops``)."""
+    flops = model_flops(model, counts.real_tokens, tiles, sum_sq_lengths=counts.sum_sq_lengths)
+    tflops = flops / seconds / world / 1e12
+    return {
+        "tokens_per_s": counts.real_tokens / seconds,
+        "tflops_per_gpu": tflops,
+        "mfu": (tflops / peak_tflops) if peak_tflops else None,
+        "padding_fraction": counts.padding_fraction,
+        "real_tokens": counts.real_tokens,
+        "padded_tokens": counts.padded_tokens,
+    }
 
 
 class MetricsWriter:
@@ -59,7 +78,8 @@ class MetricsWriter:
             return
         parts = [f"iter {record['iteration']:>6}"]
         for key, fmt in (("loss", "{:.4f}"), ("val_loss", "{:.4f}"), ("lr", "{:.3e}"), ("grad_norm", "{:.3f}"),
-                         ("tokens_per_s", "{:.0f}"), ("tflops_per_gpu", "{:.2f}"), ("mfu", "{:.1%}"),
+                         ("tokens_per_s", "{:.0f}"), ("padding_fraction", "{:.1%}"), ("tflops_per_gpu", "{:.2f}"),
+                         ("mfu", "{:.1%}"),
                          ("memory_gb", "{:.2f}")):
             if record.get(key) is not None:
                 parts.append(f"{key} " + fmt.format(record[key]))

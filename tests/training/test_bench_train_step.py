@@ -18,6 +18,7 @@ def test_train_step_bench_reports_throughput():
     assert result["step_time_s"] > 0 and result["tokens_per_s"] > 0 and result["tflops_per_gpu"] > 0
     assert result["dtype"] == "fp32" and result["device"] == "cpu" and result["mfu"] is None
     assert result["peak_memory_gb"] > 0
+    assert 0 <= result["padding_fraction"] < 1  # tokens_per_s counts real tokens only
     help_ = subprocess.run([sys.executable, "bench/train_step.py", "--help"], capture_output=True, text=True,
                            cwd=REPO, timeout=60)
     assert help_.returncode == 0 and "--steps" in help_.stdout

@@ -21,8 +21,12 @@ def test_tiny_model_learns_on_demo_data(data_cache, tmp_path):
     last = sum(curve[i] for i in (38, 39, 40)) / 3
     assert last < first - 2.0, (first, last)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    keys = {"iteration", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "consumed_samples"}
+    keys = {"iteration", "loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "consumed_samples",
+            "padding_fraction", "real_tokens", "padded_tokens"}
     assert keys <= records[-1].keys()
+    last = records[-1]
+    assert 0 <= last["padding_fraction"] < 1 and last["real_tokens"] < last["padded_tokens"]
+    assert last["padding_fraction"] == pytest.approx(1 - last["real_tokens"] / last["padded_tokens"])
     assert records[-1]["consumed_samples"] > records[0]["consumed_samples"] > 0
     vals = [r["val_loss"] for r in records if r.get("val_loss") is not None]
     assert len(vals) == 2 and vals[1] < vals[0]
