@@ -130,6 +130,12 @@ class TrainConfig:
             raise ConfigError(
                 f"optimizer.warmup_iters={self.optimizer.warmup_iters} must be < train.iters={t.iters}"
             )
+        if self.data.build_demo and self.data.data_root:
+            raise ConfigError(
+                f"data.data_root={self.data.data_root} is not read with data.build_demo=true (data=demo builds its "
+                f"own synthetic shards in data.cache_dir); to train on your shards use data=custom "
+                f"data.recipe=<recipe> data.data_root=<folder>, or add data.build_demo=false to read the demo "
+                f"recipe's shards from data.data_root")
         if self.run.wandb_mode not in ("offline", "online", "disabled"):
             raise ConfigError(f"run.wandb_mode={self.run.wandb_mode!r}: use offline, online or disabled")
         if self.checkpoint.keep_last < 1:

@@ -27,6 +27,7 @@ from nvlm_train.data.errors import RateLimitedWarner, SampleError
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS
 from nvlm_train.data.order import BlendOrder, SequentialOrder, rank_position
 from nvlm_train.data.packing import collate, row_fits
+from nvlm_train.data.path_report import DataPathError, no_data_message
 from nvlm_train.data.recipe import DatasetSpec, Recipe, load_recipe
 from nvlm_train.data.samples import parse_sample
 from nvlm_train.data.shards import ShardIndex, ShardReader, default_cache_dir, expand_paths, index_shard, materialize
@@ -92,9 +93,12 @@ class DatasetSource:
         return self.shards[s], i - int(self.offsets[s])
 
 
-def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | None = None
-                 ) -> tuple[list[DatasetSource], Counter]:
-    """Index every shard of every dataset; shard problems are counted (and warned), never fatal here."""
+def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | None = None,
+                 indexes: dict[str, ShardIndex] | None = None) -> tuple[list[DatasetSource], Counter]:
+    """Index every shard of every dataset; shard problems are counted (and warned), never fatal here.
+
+    ``indexes``, if given, receives every shard's index by path (for the report when nothing is readable).
+    """
     problems: Counter = Counter()
     sources = []
     for spec in recipe.datasets:
@@ -106,6 +110,8 @@ def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | No
                 idx = ShardIndex(url, problem=errors.UNREADABLE_SHARD, message=f"{type(e).__name__}: {e}")
             else:
                 idx = index_shard(path, cache_dir)
+            if indexes is not None:
+                indexes[url] = idx
             if idx.problem:
                 problems[idx.problem] += 1
                 if warner:
@@ -213,15 +219,15 @@ class MultimodalLoader:
         self.recipe = recipe if recipe is not None else load_recipe(cfg.recipe, cfg.data_root)
         self.warner = RateLimitedWarner()
         cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-        sources, self.shard_problems = index_recipe(self.recipe, cache, self.warner)
+        indexes: dict[str, ShardIndex] = {}
+        sources, self.shard_problems = index_recipe(self.recipe, cache, self.warner, indexes)
         usable = [s for s in sources if len(s)]
         for s in sources:
             if not len(s):
                 self.warner.warn("empty_dataset", ",".join(s.spec.paths)[:200], "",
                                  f"dataset {s.spec.name!r} has no readable samples; left out of the blend")
         if not usable:
-            raise ValueError(f"recipe {self.recipe.source}: no readable samples in any dataset "
-                             f"(shard problems: {dict(self.shard_problems)}); check the paths and DATA_ROOT")
+            raise DataPathError(no_data_message(self.recipe, cfg.data_root, indexes))
         tok_dir = cfg.tokenizer_dir or str(build_demo_tokenizer())
         self.processor = SampleProcessor(cfg, usable, tok_dir, dp_rank, dp_size)
         self.tokenizer = self.processor.tokenizer

@@ -22,6 +22,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
 from nvlm_train.data.packing import batch_tiles
+from nvlm_train.data.path_report import DataPathError
+from nvlm_train.data.recipe import RecipeError
 from nvlm_train.model.builder import build_model
 from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
 from nvlm_train.model.transformer_config import Precision
@@ -299,8 +301,9 @@ def run_training(cfg: TrainConfig, config_yaml: str) -> int:
         try:
             trainer = Trainer(cfg, config_yaml, on_cpu)
             return trainer.run()
-        except (ConfigError, ckpt.CheckpointError, NonFiniteError) as exc:
-            print(f"nvlm-train: {exc}", file=sys.stderr)
+        except (ConfigError, ckpt.CheckpointError, NonFiniteError, DataPathError, RecipeError) as exc:
+            if dist.get_rank() == 0:  # every rank finds the same problem; say it once
+                print(f"nvlm-train: {exc}", file=sys.stderr)
             return 2
         finally:
             ckpt.shutdown_checkpoint_writers()
