@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT
+
 REPO = Path(__file__).resolve().parents[1]
 MIN_ACCURACY = 0.90
 MAX_DISAGREEMENT = 0.02
@@ -137,8 +139,9 @@ def main(argv=None) -> int:
                       "optimizer.warmup_iters=2", "run.wandb_mode=disabled"]
     configs = ("experiment/demo.yaml", "data/demo.yaml", "model/nvlm_d_tiny.yaml")
     set_aside_stale_run(run_dir, {"overrides": [o for o in overrides if not o.startswith("run.dir=")],
-                                  "nproc": nproc, "configs": {c: hashlib.sha1((REPO / "configs" / c).read_bytes())
-                                                              .hexdigest() for c in configs}})
+                                  "nproc": nproc, "prompt_format": DEFAULT_PROMPT_FORMAT,
+                                  "configs": {c: hashlib.sha1((REPO / "configs" / c).read_bytes()).hexdigest()
+                                              for c in configs}})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "nvlm_train.train", *overrides]
     _run(cmd, stream=True)
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
         "accuracy": hf["accuracy"], "megatron_accuracy": mega["accuracy"], "run_dir": str(run_dir),
         "checkpoint": str(checkpoint), "hf_dir": str(hf_dir), "heldout": heldout, "loss_curve": str(png),
         "parallelism": what, "elapsed_s": round(elapsed, 1), "per_task": mega["per_task"],
-        "meets_accuracy_target": meets,
+        "meets_accuracy_target": meets, "prompt_format": mega["prompt_format"],
     }))
     if not agree:
         return 1

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from nvlm_train.config.errors import ConfigError
 
+ROPE_SCALING_TYPES = (None, "dynamic")
+# Fields that describe how the model is served, not its weights: a checkpoint loads whatever they say.
+NON_ARCHITECTURE_FIELDS = ("image_token_id", "rope_scaling_type", "rope_scaling_factor")
+
 
 @dataclass
 class VisionConfig:
@@ -77,6 +81,10 @@ class LanguageConfig:
     # megatron pads the vocabulary; padding to a multiple of this (and of TP) keeps the padded
     # size, hence checkpoint shapes, the same at TP 1/2/4/8. Conversions strip the padding.
     vocab_pad_multiple: int = 1024
+    # HF ``rope_scaling``, carried from an import to the export. Only "dynamic" (NTK) is accepted: it
+    # changes nothing up to max_position_embeddings, which bounds train.seq_length. None: no scaling.
+    rope_scaling_type: str | None = None
+    rope_scaling_factor: float = 1.0
 
     @property
     def head_dim(self) -> int:
@@ -92,6 +100,11 @@ class LanguageConfig:
             raise ConfigError(
                 f"model.language.num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"model.language.num_query_groups={self.num_query_groups}"
+            )
+        if self.rope_scaling_type not in ROPE_SCALING_TYPES:
+            raise ConfigError(
+                f"model.language.rope_scaling_type={self.rope_scaling_type!r} is not supported: our RoPE "
+                f"implements {ROPE_SCALING_TYPES} (dynamic NTK is the identity up to max_position_embeddings)"
             )
         if not 0 <= self.image_token_id < self.vocab_size:
             raise ConfigError(

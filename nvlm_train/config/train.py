@@ -15,6 +15,7 @@ from omegaconf import MISSING
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.hf.conversation import PROMPT_FORMATS
 
 
 @dataclass
@@ -72,6 +73,11 @@ class DataSection:
     data_root: str | None = None  # fills ${DATA_ROOT} in recipe paths
     tokenizer_dir: str | None = None  # None: the demo tokenizer
     max_tiles: int = 6
+    # Prompt preset (``nvlm_d``: the released chat(), ``megatron``: Megatron-LM's SFT turns); recorded
+    # in checkpoints and used by export, eval and verify.
+    prompt_format: str = "nvlm_d"
+    # System text of samples that bring none: "preset" (the format's own), null (none) or the text.
+    system_prompt: str | None = "preset"
     packing: bool = True
     num_workers: int = 0
     # Where tiles are cut: "worker" (PIL in the data workers), "device" (workers only decode; the
@@ -122,6 +128,9 @@ class TrainConfig:
             )
         if self.data.tile_on not in ("auto", "worker", "device"):
             raise ConfigError(f"data.tile_on={self.data.tile_on!r}: use auto, worker or device")
+        if self.data.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"data.prompt_format={self.data.prompt_format!r}: use one of "
+                              f"{', '.join(sorted(PROMPT_FORMATS))}")
         if t.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision={t.precision!r}: use auto, bf16 or fp32")
         if self.optimizer.decay_style not in ("cosine", "linear", "constant"):

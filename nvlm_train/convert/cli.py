@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     m2h.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: the checkpoint config's)")
     m2h.add_argument("--dtype", choices=("bf16", "fp32", "fp16"), help="default: the checkpoint's dtype")
     m2h.add_argument("--max-shard-size", type=_size, default=5 * 1024**3, help="e.g. 5G, 500M (default 5G)")
+    m2h.add_argument("--layout", choices=("released", "internvl"), default="released",
+                     help="released (default): the released NVLM-D-72B files' layout, 7 zero dummy ViT heads, "
+                          "loadable by its remote code and vLLM; internvl: the plain 25-head InternViT layout")
     m2h.add_argument("--force", action="store_true", help="replace an existing --out")
     m2h.add_argument("--no-progress", action="store_true")
 
@@ -82,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
         r = export_checkpoint(ExportOptions(
             checkpoint=args.checkpoint, out=args.out, tokenizer=args.tokenizer, dtype=args.dtype, force=args.force,
-            max_shard_bytes=args.max_shard_size, progress=not args.no_progress))
+            max_shard_bytes=args.max_shard_size, progress=not args.no_progress, layout=args.layout))
         print(f"wrote {r.out}: {r.num_tensors} tensors in {r.num_shards} shards, "
               f"{r.bytes_written / 1e9:.3f} GB in {r.seconds:.1f} s (from {r.iteration_dir})")
         return 0

@@ -27,7 +27,8 @@ from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.safetensors_writer import ShardedSafetensorsWriter, TensorPlan
 from nvlm_train.convert.saved_config import parse_saved_config, saved_tokenizer_dir
 from nvlm_train.convert.transforms import TRANSFORMS, Dims
-from nvlm_train.hf.export_files import copy_modeling_files, write_hf_config
+from nvlm_train.data.prompt import saved_prompt
+from nvlm_train.hf.export_files import HFLayout, copy_modeling_files, write_chat_template, write_hf_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
@@ -46,6 +47,7 @@ class ExportOptions:
     max_shard_bytes: int = 5 * 1024**3
     progress: bool = True
     check_hf_shapes: bool = True
+    layout: HFLayout = HFLayout.RELEASED
 
 
 @dataclass
@@ -58,9 +60,10 @@ class ExportReport:
     seconds: float
 
 
-def dims_of(model: ModelConfig) -> Dims:
+def dims_of(model: ModelConfig, vit_dummy_heads: int = 0) -> Dims:
     v, lm = model.vision, model.language
-    return Dims(v.num_attention_heads, v.head_dim, lm.num_attention_heads, lm.num_query_groups, lm.head_dim)
+    return Dims(v.num_attention_heads, v.head_dim, lm.num_attention_heads, lm.num_query_groups, lm.head_dim,
+                vit_dummy_heads)
 
 
 def stored_key(rule: Rule) -> tuple[str, int | None]:
@@ -102,12 +105,12 @@ def _check_model_keys(reader: DistCheckpointReader, rules: list[Rule], model: Mo
                            + "\n  ".join(dict.fromkeys(problems)))
 
 
-def plan_export(reader: DistCheckpointReader, model: ModelConfig, dtype: torch.dtype | None
-                ) -> tuple[list[Rule], list[TensorPlan], torch.dtype]:
+def plan_export(reader: DistCheckpointReader, model: ModelConfig, dtype: torch.dtype | None,
+                layout: HFLayout = HFLayout.RELEASED) -> tuple[list[Rule], list[TensorPlan], torch.dtype]:
     """Rules in write order and the HF tensors they produce (computed on the meta device)."""
     rules = expand(MCORE_TO_HF, model)
     _check_model_keys(reader, rules, model)
-    sizes, dims = padding_sizes(model), dims_of(model)
+    sizes, dims = padding_sizes(model), dims_of(model, layout.vit_dummy_heads)
     out_dtype = dtype or reader.dtype(stored_key(rules[0])[0])
     plans = []
     for rule in rules:
@@ -156,12 +159,14 @@ def export_checkpoint(opts: ExportOptions) -> ExportReport:
     with DistCheckpointReader(folder) as reader:
         model, cfg = parse_saved_config(reader.common_state().get("config", ""), folder)
         tokenizer = _tokenizer_dir(opts, cfg)
-        rules, plans, dtype = plan_export(reader, model, DTYPES.get(opts.dtype or ""))
+        layout = HFLayout(opts.layout)
+        rules, plans, dtype = plan_export(reader, model, DTYPES.get(opts.dtype or ""), layout)
         max_tiles = int((cfg.get("data") or {}).get("max_tiles") or 6)
-        hf_config = hf_config_for(model, DTYPE_NAMES[dtype], tokenizer, max_tiles)
+        prompt = saved_prompt(cfg.get("data"))
+        hf_config = hf_config_for(model, DTYPE_NAMES[dtype], tokenizer, max_tiles, layout, prompt)
         if opts.check_hf_shapes:
             check_against_hf(plans, hf_config)
-        sizes, dims = padding_sizes(model), dims_of(model)
+        sizes, dims = padding_sizes(model), dims_of(model, layout.vit_dummy_heads)
         with staged_output(opts.out, opts.force) as tmp:
             writer = ShardedSafetensorsWriter(tmp, plans, opts.max_shard_bytes)
             total = sum(p.nbytes for p in plans)
@@ -185,5 +190,6 @@ def export_checkpoint(opts: ExportOptions) -> ExportReport:
             for name in TOKENIZER_FILES:
                 if (tokenizer / name).is_file():
                     shutil.copy2(tokenizer / name, tmp / name)
+            write_chat_template(tmp, *prompt)
     return ExportReport(Path(opts.out), folder, len(plans), len(writer.names), writer.bytes_written,
                         time.perf_counter() - start)

@@ -13,9 +13,9 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from nvlm_train.config.model import ModelConfig
+from nvlm_train.config.model import NON_ARCHITECTURE_FIELDS, ROPE_SCALING_TYPES, ModelConfig
 from nvlm_train.convert.errors import ConvertError
-from nvlm_train.hf.export_files import LLMSpec, NVLMDSpec, VisionSpec, build_hf_config
+from nvlm_train.hf.export_files import HFLayout, LLMSpec, NVLMDSpec, VisionSpec, build_hf_config
 
 IMAGE_CONTEXT = "<|vision_pad|>"
 
@@ -70,9 +70,36 @@ def _rope_theta(lc: dict) -> float:
     return float(lc.get("rope_theta") or rope.get("rope_theta") or 10000.0)
 
 
+def _rope_scaling(lc: dict, where: str) -> dict:
+    """Our rope-scaling fields from HF ``rope_scaling`` (either ``type`` or ``rope_type`` spelling)."""
+    rs = lc.get("rope_scaling")
+    if not rs:
+        return dict(rope_scaling_type=None, rope_scaling_factor=1.0)
+    kind = rs.get("type") or rs.get("rope_type")
+    if kind == "default":
+        return dict(rope_scaling_type=None, rope_scaling_factor=1.0)
+    if kind not in ROPE_SCALING_TYPES:
+        raise ConvertError(f"{where}: rope_scaling {rs} is not supported (our RoPE implements dynamic NTK, "
+                           f"which changes nothing up to max_position_embeddings, and no scaling)")
+    return dict(rope_scaling_type=kind, rope_scaling_factor=float(rs.get("factor", 1.0)))
+
+
+def hf_rope_scaling(lang) -> dict | None:
+    """``rope_scaling`` as the released config.json spells it, or None."""
+    if lang.rope_scaling_type is None:
+        return None
+    return {"factor": lang.rope_scaling_factor, "type": lang.rope_scaling_type}
+
+
 def _language_fields(lc: dict, where: str) -> dict:
-    if lc.get("model_type", "qwen2") != "qwen2":
-        raise ConvertError(f"{where}: model_type={lc['model_type']!r} is not supported (need a Qwen2 LLM)")
+    # The LLM is chosen by architectures[0], as the released remote code does: the released NVLM-D-72B
+    # config.json spells its Qwen2 LLM with model_type "llama".
+    arch = (lc.get("architectures") or [None])[0]
+    if arch is None and lc.get("model_type", "qwen2") == "qwen2":
+        arch = "Qwen2ForCausalLM"
+    if arch != "Qwen2ForCausalLM":
+        raise ConvertError(f"{where}: architectures[0]={arch!r} is not supported (need Qwen2ForCausalLM; "
+                           f"model_type={lc.get('model_type')!r})")
     if lc.get("hidden_act", "silu") != "silu":
         raise ConvertError(f"{where}: hidden_act={lc['hidden_act']!r} is not supported (Qwen2 uses silu)")
     heads = _need(lc, "num_attention_heads", where)
@@ -86,6 +113,7 @@ def _language_fields(lc: dict, where: str) -> dict:
         rotary_base=_rope_theta(lc),
         norm_eps=lc.get("rms_norm_eps", 1e-6),
         max_position_embeddings=lc.get("max_position_embeddings", 32768),
+        **_rope_scaling(lc, where),
     )
 
 
@@ -147,7 +175,7 @@ def architecture_diffs(a: ModelConfig, b: ModelConfig) -> list[str]:
         sa, sb = getattr(a, section), getattr(b, section)
         for f in fields(sa):
             va, vb = getattr(sa, f.name), getattr(sb, f.name)
-            if va != vb:
+            if va != vb and f.name not in NON_ARCHITECTURE_FIELDS:
                 diffs.append(f"model.{section}.{f.name}: {va!r} vs {vb!r}")
     return diffs
 
@@ -156,31 +184,54 @@ def model_section(model: ModelConfig) -> dict:
     return asdict(model)
 
 
-def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, max_tiles: int = 6) -> dict:
-    """The ``config.json`` dict of an export of ``model`` (special ids from the tokenizer when present)."""
+def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, max_tiles: int = 6,
+                  layout: HFLayout = HFLayout.RELEASED, prompt: tuple[str, str | None] | None = None,
+                  vit_dummy_heads: int | None = None) -> dict:
+    """The ``config.json`` dict of an export of ``model`` (special ids from the tokenizer when present).
+
+    ``prompt``: (prompt format, system text or None) the model was trained with; ``vit_dummy_heads``
+    overrides the layout's count (an import describing the files it reads).
+    """
     v, lm = model.vision, model.language
     ids = tokenizer_token_ids(tokenizer_dir)
+    fmt, system = prompt if prompt is not None else (None, None)
     spec = NVLMDSpec(
         vision=VisionSpec(
             num_layers=v.num_layers, hidden_size=v.hidden_size, num_heads=v.num_attention_heads,
             ffn_hidden_size=v.ffn_hidden_size, image_size=v.image_size, patch_size=v.patch_size,
             norm_eps=v.norm_eps, layer_scale_init=v.layerscale_init, num_channels=v.num_channels,
+            num_dummy_heads=layout.vit_dummy_heads if vit_dummy_heads is None else vit_dummy_heads,
         ),
         llm=LLMSpec(
             num_layers=lm.num_layers, hidden_size=lm.hidden_size, ffn_hidden_size=lm.ffn_hidden_size,
             num_heads=lm.num_attention_heads, num_kv_heads=lm.num_query_groups, vocab_size=lm.vocab_size,
             max_position_embeddings=lm.max_position_embeddings, rope_theta=lm.rotary_base, norm_eps=lm.norm_eps,
-            bos_token_id=ids.get("<|endoftext|>"), eos_token_id=ids.get("<|im_end|>"),
-            initializer_range=model.init_std,
+            rope_scaling=hf_rope_scaling(lm), bos_token_id=ids.get("<|endoftext|>"),
+            eos_token_id=ids.get("<|im_end|>"), initializer_range=model.init_std, model_type=layout.llm_model_type,
         ),
         projector_ffn_hidden_size=model.projector.ffn_hidden_size,
         projector_norm_eps=model.projector.layernorm_eps,
         downsample_ratio=model.projector.downsample_ratio,
         max_tiles=max_tiles,
+        prompt_format=fmt,
+        system_message=None if fmt is None else (system or ""),
         img_context_token_id=lm.image_token_id,
         dtype=dtype,
     )
     return build_hf_config(spec)
+
+
+def hf_prompt(cfg: dict) -> tuple[str, str | None]:
+    """(prompt format, system text or None) an NVLM-D ``config.json`` serves with (ours or the released)."""
+    from nvlm_train.hf.conversation import TEMPLATE_FORMATS, get_prompt_format
+
+    name = cfg.get("prompt_format") or TEMPLATE_FORMATS.get(cfg.get("template"), "nvlm_d")
+    try:
+        fmt = get_prompt_format(name)
+    except ValueError as exc:
+        raise ConvertError(f"config.json: {exc}") from exc
+    system = cfg.get("system_message")
+    return fmt.name, (fmt.system_message if system is None else system) or None
 
 
 def generation_config_for(hf_config: dict, tokenizer_dir: Path | None) -> dict:

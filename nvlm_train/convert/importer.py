@@ -29,6 +29,7 @@ from nvlm_train.convert.export import DTYPES, dims_of
 from nvlm_train.convert.hf_config import (
     architecture_diffs,
     hf_config_for,
+    hf_prompt,
     model_config_from_nvlm,
     model_config_from_parts,
     read_json,
@@ -36,7 +37,8 @@ from nvlm_train.convert.hf_config import (
 from nvlm_train.convert.hf_source import HFWeights, check_keys
 from nvlm_train.convert.mapping import HF_TO_MCORE, expand
 from nvlm_train.convert.outdir import check_output, staged_output
-from nvlm_train.convert.transforms import TRANSFORMS
+from nvlm_train.convert.transforms import TRANSFORMS, DummyHeadError
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, get_prompt_format
 
 
 @dataclass
@@ -64,6 +66,8 @@ class ImportPlan:
     fresh_projector: bool
     dtype: torch.dtype
     tokenizer_dir: Path | None
+    vit_dummy_heads: int = 0  # zero ViT heads the HF files store after the real ones (released: 7)
+    prompt: tuple[str, str | None] = ("nvlm_d", "Answer the questions.")  # (format, system) to train with
 
 
 def _base(opts: ImportOptions) -> ModelConfig:
@@ -92,9 +96,11 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
     if opts.hf is not None:
         hf = Path(opts.hf)
         tok = _tokenizer_in(hf)
-        model = model_config_from_nvlm(read_json(hf / "config.json"), base, tok, opts.image_token_id)
+        hf_cfg = read_json(hf / "config.json")
+        model = model_config_from_nvlm(hf_cfg, base, tok, opts.image_token_id)
         folders, fresh = {"": hf}, False
-        tie = bool(read_json(hf / "config.json")["llm_config"].get("tie_word_embeddings"))
+        tie = bool(hf_cfg["llm_config"].get("tie_word_embeddings"))
+        prompt = hf_prompt(hf_cfg)
     else:
         if opts.vision is None or opts.language is None:
             raise ConvertError("--vision and --language must be given together")
@@ -104,6 +110,8 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
         model = model_config_from_parts(read_json(vision / "config.json"), llm_cfg, base, tok, opts.image_token_id)
         folders = {"vision_model.": vision, "language_model.": language}
         tie, fresh = bool(llm_cfg.get("tie_word_embeddings")), True
+        fmt = get_prompt_format(DEFAULT_PROMPT_FORMAT)
+        prompt = (fmt.name, fmt.system_message)
     if opts.model_config:
         diffs = architecture_diffs(model, base)
         if diffs:
@@ -112,21 +120,39 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
     weights = HFWeights(folders, tie_lm_head=tie)
     from nvlm_train.hf.export_files import hf_param_shapes
 
-    expected = hf_param_shapes(hf_config_for(model, "float32", tok))
+    dummy = vit_dummy_heads(weights, model)
+    expected = hf_param_shapes(hf_config_for(model, "float32", tok, vit_dummy_heads=dummy))
     if fresh:
         expected = {k: v for k, v in expected.items() if not k.startswith("mlp1.")}
     check_keys(weights, expected, " + ".join(str(f) for f in folders.values()))
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise ConvertError(f"--dtype {opts.dtype}: use one of {', '.join(DTYPES)}")
     dtype = DTYPES[opts.dtype] if opts.dtype else weights.dtype()
-    return ImportPlan(model, folders, tie, fresh, dtype, tok), weights
+    return ImportPlan(model, folders, tie, fresh, dtype, tok, dummy, prompt), weights
+
+
+def vit_dummy_heads(weights: HFWeights, model: ModelConfig) -> int:
+    """How many zero heads the HF ViT stores after its real ones, from the first layer's qkv shape
+    (the released NVLM-D-72B: 7; InternViT-6B-448px-V1-5: 0). Whether they are zero is checked as each
+    layer is converted."""
+    key = "vision_model.encoder.layers.0.attn.qkv.weight"
+    if key not in weights.keys():  # noqa: SIM118 (HFWeights is not a dict)
+        return 0  # check_keys names the missing key
+    v = model.vision
+    rows = weights.shape(key)[0]
+    if rows % (3 * v.head_dim) or rows < 3 * v.hidden_size:
+        raise ConvertError(f"{key} has {rows} rows: not 3 x (heads + dummy heads) x head_dim for "
+                           f"{v.num_attention_heads} heads of {v.head_dim} (hidden {v.hidden_size})")
+    return rows // (3 * v.head_dim) - v.num_attention_heads
 
 
 def _config_yaml(plan: ImportPlan, opts: ImportOptions) -> str:
     sources = {k or "hf": str(Path(v).absolute()) for k, v in plan.folders.items()}
+    fmt, system = plan.prompt
     cfg = {
         "model": asdict(plan.model),
-        "data": {"tokenizer_dir": str(plan.tokenizer_dir) if plan.tokenizer_dir else None},
+        "data": {"tokenizer_dir": str(plan.tokenizer_dir) if plan.tokenizer_dir else None,
+                 "prompt_format": fmt, "system_prompt": system},
         "converted_from": {"sources": sources, "fresh_projector": plan.fresh_projector,
                            "checked_for": {"tp": opts.tp, "pp": opts.pp}},
     }
@@ -138,7 +164,7 @@ def _producer(plan: ImportPlan, chunk, weights: HFWeights, padded_vocab: int, pa
     from nvlm_train.model.layout import full_shape, global_name, param_layout
 
     rules = {r.mcore: r for r in expand(HF_TO_MCORE, plan.model)}
-    dims = dims_of(plan.model)
+    dims = dims_of(plan.model, plan.vit_dummy_heads)
     names = {id(p): global_name(local, chunk) for local, p in chunk.named_parameters()}
     unmapped = [n for n in names.values() if n not in rules and not n.startswith("projector.")]
     if unmapped or (not plan.fresh_projector and any(n not in rules for n in names.values())):
@@ -154,7 +180,10 @@ def _producer(plan: ImportPlan, chunk, weights: HFWeights, padded_vocab: int, pa
         if not param.is_meta:
             raise ConvertError(f"internal: {name} was built outside the meta device and would be saved uninitialised")
         rule = rules[name]
-        full = TRANSFORMS[rule.op].merge([weights.get(k) for k in rule.hf], dims)
+        try:
+            full = TRANSFORMS[rule.op].merge([weights.get(k) for k in rule.hf], dims)
+        except DummyHeadError as exc:
+            raise ConvertError(f"{', '.join(rule.hf)}: {exc}; refusing to drop weights that are in use") from exc
         layout = param_layout(name, param, plan.model, 1, padded_vocab, padded_heads)
         want = full_shape(layout, param.shape, 1)
         if tuple(full.shape) != tuple(want):

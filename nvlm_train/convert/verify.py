@@ -17,6 +17,7 @@ import torch
 from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folder
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.convert.saved_config import parse_saved_config
+from nvlm_train.data.prompt import saved_prompt
 
 
 @dataclass
@@ -80,8 +81,10 @@ def _image(width: int, height: int, seed: int):
     return Image.fromarray(((base + noise) % 256).astype("uint8"))
 
 
-def build_cases(model_cfg, tokenizer_dir: Path, max_tiles: int) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
-    """(name, token ids [1, s], pixel values [tiles, 3, H, W] or None) for the four input kinds."""
+def build_cases(model_cfg, tokenizer_dir: Path, max_tiles: int, prompt: tuple[str, str | None] = ("nvlm_d", None)
+                ) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """(name, token ids [1, s], pixel values [tiles, 3, H, W] or None) for the four input kinds, in the
+    prompt (format, system text) the checkpoint trained with."""
     from nvlm_train.data.prompt import format_chatml
     from nvlm_train.data.tiling import load_image
     from nvlm_train.data.tokenizer import TextTokenizer
@@ -100,7 +103,8 @@ def build_cases(model_cfg, tokenizer_dir: Path, max_tiles: int) -> list[tuple[st
     ]
     cases = []
     for name, messages, images in specs:
-        text = format_chatml(messages, [im.shape[0] for im in images], per_tile, add_generation_prompt=True)
+        text = format_chatml(messages, [im.shape[0] for im in images], per_tile, system=prompt[1],
+                             add_generation_prompt=True, fmt=prompt[0])
         ids = torch.tensor([tok.encode(text)], dtype=torch.long)
         pixels = torch.cat(images) if images else None
         cases.append((name, ids, pixels))
@@ -169,11 +173,11 @@ def verify(checkpoint: Path, hf_dir: Path, tolerance: float = 1e-4, max_new_toke
     hf_dir = Path(hf_dir)
     hf_cfg = read_json(hf_dir / "config.json")
     with DistCheckpointReader(folder) as reader:
-        model_cfg, _ = parse_saved_config(reader.common_state().get("config", ""), folder)
+        model_cfg, saved = parse_saved_config(reader.common_state().get("config", ""), folder)
     model_cfg.freeze.vision = model_cfg.freeze.projector = model_cfg.freeze.language = False
     if model_cfg.language.num_layers % pp:
         raise ConvertError(f"--pp {pp} does not divide the LLM's {model_cfg.language.num_layers} layers")
-    cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)))
+    cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)), saved_prompt(saved.get("data")))
     tok = TextTokenizer(hf_dir)
     if tp * pp == 1:
         ours = _ours_single(folder, model_cfg, cases, max_new_tokens, tok.im_end_id)

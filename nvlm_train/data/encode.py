@@ -15,7 +15,7 @@ import torch
 from nvlm_train.data.device_tiles import plan_image, plan_tiles
 from nvlm_train.data.errors import NO_ASSISTANT_REPLY, SPECIAL_TOKEN_IN_TEXT, TOO_LONG, SampleError
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, open_image, to_rgb
-from nvlm_train.data.prompt import SPECIAL_TOKENS, build_segments
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, SPECIAL_TOKENS, build_segments
 from nvlm_train.data.samples import Conversation
 from nvlm_train.data.tiling import num_tiles, pixels_tensor, tile_image_uint8
 from nvlm_train.data.tokenizer import TextTokenizer
@@ -32,6 +32,8 @@ class EncodeOptions:
     use_thumbnail: bool = True
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     tile_on_device: bool = False  # ship decoded images + plans; the device cuts tiles (device_tiles)
+    prompt_format: str = DEFAULT_PROMPT_FORMAT  # a preset of ``hf.conversation.PROMPT_FORMATS``
+    system: str | None = None  # system text of samples that bring none (None: no system turn)
 
 
 @dataclass
@@ -74,12 +76,13 @@ def encode_conversation(conv: Conversation, tok: TextTokenizer, opts: EncodeOpti
             if special in t:
                 raise SampleError(SPECIAL_TOKEN_IN_TEXT, f"text contains {special}")
     images = [open_image(b, opts.max_image_pixels) for b in conv.images]
+    system = conv.system if conv.system is not None else opts.system
     chosen = None
     for budget in tile_budgets(opts.max_tiles) if images else [0]:
         per_image = max(1, budget // max(1, len(images)))
         tiles = tuple(num_tiles(*im.size, max_num=per_image, image_size=opts.image_size,
                                 use_thumbnail=opts.use_thumbnail) for im in images)
-        segments = build_segments(conv.messages, tiles, opts.tokens_per_tile, system=conv.system)
+        segments = build_segments(conv.messages, tiles, opts.tokens_per_tile, system=system, fmt=opts.prompt_format)
         tokens, targets = tokenize_segments(segments, tok)
         if len(tokens) <= opts.seq_length:
             chosen = (per_image, tiles, tokens, targets)
@@ -118,6 +121,7 @@ def encode_prompt(
     image_size: int = 448,
     max_tiles: int = 6,
     system: str | None = None,
+    prompt_format: str = DEFAULT_PROMPT_FORMAT,
 ) -> tuple[np.ndarray, torch.Tensor]:
     """Inference/evaluation input: prompt tokens ending in ``<|im_start|>assistant\\n`` and the tiles.
 
@@ -127,7 +131,8 @@ def encode_prompt(
     rgb = [to_rgb(im) for im in images]
     pixels = [tile_image_uint8(im, max_num=max_tiles, image_size=image_size) for im in rgb]
     tiles = [p.shape[0] for p in pixels]
-    segments = build_segments(messages, tiles, tokens_per_tile, system=system, add_generation_prompt=True)
+    segments = build_segments(messages, tiles, tokens_per_tile, system=system, add_generation_prompt=True,
+                              fmt=prompt_format)
     tokens, _ = tokenize_segments(segments, tok)
     pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
     return tokens, pv

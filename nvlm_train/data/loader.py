@@ -28,6 +28,7 @@ from nvlm_train.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS
 from nvlm_train.data.order import BlendOrder, SequentialOrder, rank_position
 from nvlm_train.data.packing import collate, row_fits
 from nvlm_train.data.path_report import DataPathError, no_data_message
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, get_prompt_format
 from nvlm_train.data.recipe import DatasetSpec, Recipe, load_recipe
 from nvlm_train.data.samples import parse_sample
 from nvlm_train.data.shards import ShardIndex, ShardReader, default_cache_dir, expand_paths, index_shard, materialize
@@ -55,6 +56,8 @@ class DataConfig:
     single_pass: bool = False  # one ordered pass over every sample, then StopIteration (eval, stats)
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     tile_on_device: bool = False  # batches carry decoded images; the trainer cuts tiles on its device
+    prompt_format: str = DEFAULT_PROMPT_FORMAT  # a preset of ``hf.conversation.PROMPT_FORMATS``
+    system: str | None = None  # system text of samples that bring none (None: no system turn)
     cache_dir: str | None = None  # shard indexes and remote shard copies; default ~/.cache/nvlm_train/data
     samples_per_chunk: int = 4  # unit of work handed to a worker
     prefetch_factor: int = 2
@@ -67,6 +70,7 @@ class DataConfig:
                 raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+        get_prompt_format(self.prompt_format)
 
 
 @dataclass
@@ -151,7 +155,8 @@ class SampleProcessor:
             EncodeOptions(seq_length=cfg.seq_length, tokens_per_tile=cfg.tokens_per_tile, image_size=cfg.image_size,
                           max_tiles=min(s.spec.max_tiles or cfg.max_tiles, cfg.max_tiles),
                           use_thumbnail=cfg.use_thumbnail,
-                          max_image_pixels=cfg.max_image_pixels, tile_on_device=cfg.tile_on_device)
+                          max_image_pixels=cfg.max_image_pixels, tile_on_device=cfg.tile_on_device,
+                          prompt_format=cfg.prompt_format, system=cfg.system)
             for s in sources
         ]
         self.reader = ShardReader()

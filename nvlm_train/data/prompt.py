@@ -1,9 +1,10 @@
-"""NVLM-D prompt layout: ChatML turns with ``<image>`` placeholders expanded into tile-tagged runs.
+"""Training samples in an NVLM-D prompt format, with the assistant replies marked for the loss.
 
-The layout is the HF ``chat()`` one (DESIGN.md section 1), so training and inference share it:
-``<Image><tile_1>PAD*T<tile_2>PAD*T...<tile_global_thumbnail>PAD*T</Image>`` where PAD is
-``<|vision_pad|>`` and T the tokens per tile. Tags are plain text. ``build_segments`` also says which
-characters are assistant replies, so the encoder can put the loss mask on exactly those.
+The text itself comes from ``nvlm_train.hf.conversation`` (the one implementation, shared with our HF
+``chat()`` and the exported ``chat_template``); this module adds what training needs on top: the
+placeholder rules of the card's ``chat()``, per-message image expansion
+(``<Image><tile_1>PAD*T...<tile_global_thumbnail>PAD*T</Image>``, PAD = ``<|vision_pad|>``) and
+``Segment``s that say which characters are assistant replies.
 """
 
 from __future__ import annotations
@@ -11,27 +12,53 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-IMAGE_PLACEHOLDER = "<image>"
+from nvlm_train.hf.conversation import (
+    DEFAULT_PROMPT_FORMAT,
+    IM_END,
+    IM_START,
+    IMAGE_PLACEHOLDER,
+    PROMPT_FORMATS,
+    ROLES,
+    THUMBNAIL_TAG,
+    PromptFormat,
+    get_prompt_format,
+    image_token_string,
+    render_turns,
+    tile_tags,
+)
+
 IMAGE_CONTEXT = "<|vision_pad|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 END_OF_TEXT = "<|endoftext|>"
 SPECIAL_TOKENS = (END_OF_TEXT, IM_START, IM_END, IMAGE_CONTEXT)
-ROLES = ("system", "user", "assistant")
-THUMBNAIL_TAG = "<tile_global_thumbnail>"
+# ``data.system_prompt`` value meaning "the prompt format's own system message".
+PRESET_SYSTEM = "preset"
+
+__all__ = ["DEFAULT_PROMPT_FORMAT", "IMAGE_PLACEHOLDER", "PROMPT_FORMATS", "PRESET_SYSTEM", "PromptFormat",
+           "ROLES", "SPECIAL_TOKENS", "THUMBNAIL_TAG", "Segment", "build_segments", "format_chatml",
+           "get_prompt_format", "image_block", "resolve_system", "saved_prompt", "tile_tags"]
 
 
-def tile_tags(num_tiles: int) -> list[str]:
-    """``<tile_1>`` .. ``<tile_{n-1}>`` for the grid, ``<tile_global_thumbnail>`` for the last tile."""
-    if num_tiles < 1:
-        raise ValueError(f"an image needs at least one tile, got {num_tiles}")
-    return [f"<tile_{i}>" for i in range(1, num_tiles)] + [THUMBNAIL_TAG]
+def resolve_system(fmt: PromptFormat, system_prompt: str | None) -> str | None:
+    """``data.system_prompt`` -> the system text: ``preset`` = the format's own, null = none."""
+    return fmt.system_message if system_prompt == PRESET_SYSTEM else system_prompt
+
+
+def saved_prompt(data_section: dict | None) -> tuple[str, str | None]:
+    """(format name, system text) that a run's saved ``data`` config section trained with.
+
+    Checkpoints from before prompt presets have no ``prompt_format``: they used newline-separated turns
+    and a system turn only where a sample had one, i.e. ``megatron`` without a system message.
+    """
+    d = data_section or {}
+    if "prompt_format" not in d:
+        return "megatron", None
+    fmt = get_prompt_format(d["prompt_format"])
+    return fmt.name, resolve_system(fmt, d.get("system_prompt", PRESET_SYSTEM))
 
 
 def image_block(num_tiles: int, tokens_per_tile: int) -> str:
     """The text one image becomes (``<Image>`` .. ``</Image>``)."""
-    run = IMAGE_CONTEXT * tokens_per_tile
-    return "<Image>" + "".join(tag + run for tag in tile_tags(num_tiles)) + "</Image>"
+    return image_token_string(num_tiles, tokens_per_tile, "nvlm", IMAGE_CONTEXT)
 
 
 def expand_image_placeholders(text: str, tiles_per_image: Sequence[int], tokens_per_tile: int) -> str:
@@ -75,16 +102,17 @@ def build_segments(
     tokens_per_tile: int,
     system: str | None = None,
     add_generation_prompt: bool = False,
+    fmt: PromptFormat | str = DEFAULT_PROMPT_FORMAT,
 ) -> list[Segment]:
-    """ChatML segments for a conversation; ``messages`` are (role, text) with roles user/assistant/system."""
+    """Segments of a conversation in prompt format ``fmt``; ``messages`` are (role, text), roles
+    user/assistant/system; ``system`` is the system text (None: no system turn)."""
+    fmt = get_prompt_format(fmt) if isinstance(fmt, str) else fmt
     msgs = add_missing_placeholders(messages, len(tiles_per_image))
     placeholders = sum(text.count(IMAGE_PLACEHOLDER) for _, text in msgs)
     if placeholders != len(tiles_per_image):
         raise ValueError(f"conversation has {placeholders} {IMAGE_PLACEHOLDER} placeholders "
                          f"but {len(tiles_per_image)} images")
-    segments: list[Segment] = []
-    if system is not None:
-        segments.append(Segment(f"{IM_START}system\n{system}{IM_END}\n"))
+    expanded = []
     next_image = 0
     for role, text in msgs:
         if role not in ROLES:
@@ -95,15 +123,8 @@ def build_segments(
                 raise ValueError(f"{IMAGE_PLACEHOLDER} placeholders are only allowed in user messages, not {role}")
             text = expand_image_placeholders(text, tiles_per_image[next_image:next_image + k], tokens_per_tile)
             next_image += k
-        if role == "assistant":
-            segments.append(Segment(f"{IM_START}assistant\n"))
-            segments.append(Segment(f"{text}{IM_END}", target=True))
-            segments.append(Segment("\n"))
-        else:
-            segments.append(Segment(f"{IM_START}{role}\n{text}{IM_END}\n"))
-    if add_generation_prompt:
-        segments.append(Segment(f"{IM_START}assistant\n"))
-    return segments
+        expanded.append((role, text))
+    return [Segment(text, target) for text, target in render_turns(expanded, fmt, system, add_generation_prompt)]
 
 
 def format_chatml(
@@ -112,7 +133,8 @@ def format_chatml(
     tokens_per_tile: int = 256,
     system: str | None = None,
     add_generation_prompt: bool = False,
+    fmt: PromptFormat | str = DEFAULT_PROMPT_FORMAT,
 ) -> str:
     """The exact prompt string for a conversation (what HF ``chat()`` tokenises)."""
     return "".join(s.text for s in build_segments(messages, tiles_per_image, tokens_per_tile, system,
-                                                 add_generation_prompt))
+                                                 add_generation_prompt, fmt))

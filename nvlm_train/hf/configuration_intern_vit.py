@@ -1,10 +1,15 @@
 """InternViT configuration (standalone file, copied into every HF NVLM-D export directory).
 
 Field names follow the published InternViT-6B-448px-V1-5 ``config.json`` (``vision_config`` of NVLM-D).
-Defaults are the InternViT-6B-448px-V1-5 numbers used by NVLM-D-72B.
+Defaults are the InternViT-6B-448px-V1-5 numbers used by NVLM-D-72B. ``num_dummy_heads`` (our key) is
+how many all-zero attention heads the stored weights carry after the real ones: 7 when absent, as the
+released NVLM-D-72B files and their remote code (which always adds 7) have it; 0 is the plain
+InternViT layout (``qkv`` [3 x hidden, hidden]).
 """
 
 from transformers.configuration_utils import PretrainedConfig
+
+NVLM_D_DUMMY_HEADS = 7
 
 
 class InternVisionConfig(PretrainedConfig):
@@ -30,6 +35,7 @@ class InternVisionConfig(PretrainedConfig):
         attention_dropout=0.0,
         initializer_range=0.02,
         initializer_factor=0.1,
+        num_dummy_heads=NVLM_D_DUMMY_HEADS,
         **kwargs,
     ):
         kwargs.pop("model_type", None)
@@ -52,3 +58,4 @@ class InternVisionConfig(PretrainedConfig):
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.initializer_factor = initializer_factor
+        self.num_dummy_heads = int(num_dummy_heads)

@@ -42,7 +42,8 @@ class NVLM_D_Config(PretrainedConfig):
         projector_layernorm_eps=1e-5,
         img_context_token="<|vision_pad|>",
         img_context_token_id=None,
-        system_message="",
+        system_message=None,
+        prompt_format=None,
         **kwargs,
     ):
         # Nested configs first, so that anything the base __init__ propagates finds them.
@@ -54,10 +55,13 @@ class NVLM_D_Config(PretrainedConfig):
             self.llm_config = llm_config
         else:
             llm = copy.deepcopy(llm_config) if llm_config is not None else _default_llm_config()
-            llm_type = llm.pop("model_type", "qwen2")
-            if llm_type != "qwen2":
-                raise ValueError(f"NVLM_D_Config: llm_config.model_type must be 'qwen2', got {llm_type!r}")
-            llm.setdefault("architectures", ["Qwen2ForCausalLM"])
+            # The LLM is chosen by architectures[0], as the released code does: the released file spells
+            # its Qwen2 LLM with model_type "llama".
+            llm.pop("model_type", None)
+            arch = (llm.get("architectures") or ["Qwen2ForCausalLM"])[0]
+            if arch != "Qwen2ForCausalLM":
+                raise ValueError(f"NVLM_D_Config: llm_config.architectures[0] must be 'Qwen2ForCausalLM', got {arch!r}")
+            llm["architectures"] = ["Qwen2ForCausalLM"]
             self.llm_config = Qwen2Config(**llm)
         if not self.llm_config.architectures:
             self.llm_config.architectures = ["Qwen2ForCausalLM"]
@@ -80,7 +84,10 @@ class NVLM_D_Config(PretrainedConfig):
         self.projector_layernorm_eps = projector_layernorm_eps
         self.img_context_token = img_context_token
         self.img_context_token_id = img_context_token_id
+        # None: the prompt format's own system message; "": no system turn. prompt_format None: the one
+        # ``template`` names (chatml -> nvlm_d, the released chat()).
         self.system_message = system_message
+        self.prompt_format = prompt_format
 
 
 def _default_llm_config():

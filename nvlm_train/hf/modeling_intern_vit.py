@@ -20,15 +20,20 @@ from .configuration_intern_vit import InternVisionConfig
 
 
 class InternRMSNorm(nn.Module):
-    def __init__(self, hidden_size, eps=1e-6):
+    """RMSNorm; with ``variance_width`` the mean square is taken over the first ``variance_width``
+    channels only (the real heads of a q/k with dummy heads), and all channels are scaled."""
+
+    def __init__(self, hidden_size, eps=1e-6, variance_width=None):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.variance_epsilon = eps
+        self.variance_width = variance_width
 
     def forward(self, hidden_states):
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        real = hidden_states if self.variance_width is None else hidden_states[..., : self.variance_width]
+        variance = real.pow(2).mean(-1, keepdim=True)
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
         return self.weight * hidden_states.to(input_dtype)
 
@@ -78,6 +83,11 @@ class InternVisionEmbeddings(nn.Module):
 
 
 class InternAttention(nn.Module):
+    """InternViT attention. The weights may carry ``num_dummy_heads`` all-zero heads after the real
+    ones (the released NVLM-D layout): they are computed like the others and contribute nothing, since
+    their q, k, v are zero and ``proj`` has zero columns for them; q/k RMSNorm averages over the real
+    channels only, so the result equals the plain InternViT's."""
+
     def __init__(self, config: InternVisionConfig):
         super().__init__()
         self.embed_dim = config.hidden_size
@@ -87,28 +97,44 @@ class InternAttention(nn.Module):
             raise ValueError(
                 f"hidden_size ({self.embed_dim}) must be divisible by num_attention_heads ({self.num_heads})"
             )
+        self.num_stored_heads = self.num_heads + getattr(config, "num_dummy_heads", 0)
+        self.stored_dim = self.num_stored_heads * self.head_dim
         self.attention_dropout = config.attention_dropout
-        self.qkv = nn.Linear(self.embed_dim, 3 * self.embed_dim, bias=config.qkv_bias)
+        self.qkv = nn.Linear(self.embed_dim, 3 * self.stored_dim, bias=config.qkv_bias)
         self.qk_normalization = config.qk_normalization
         if self.qk_normalization:
-            # Normalises over the FULL hidden width, before the split into heads.
-            self.q_norm = InternRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
-            self.k_norm = InternRMSNorm(self.embed_dim, eps=config.layer_norm_eps)
+            # Normalises over the FULL (real) width, before the split into heads.
+            eps = config.layer_norm_eps
+            self.q_norm = InternRMSNorm(self.stored_dim, eps=eps, variance_width=self.embed_dim)
+            self.k_norm = InternRMSNorm(self.stored_dim, eps=eps, variance_width=self.embed_dim)
         self.proj_drop = nn.Dropout(config.dropout)
-        self.proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.proj = nn.Linear(self.stored_dim, self.embed_dim)
+
+    @torch.no_grad()
+    def zero_dummy_heads_(self):
+        """Zero the dummy heads' weights (their qkv rows, q/k norm entries and proj columns)."""
+        real = self.num_heads * self.head_dim
+        for block in self.qkv.weight.view(3, self.stored_dim, -1):
+            block[real:].zero_()
+        if self.qkv.bias is not None:
+            self.qkv.bias.view(3, self.stored_dim)[:, real:].zero_()
+        if self.qk_normalization:
+            self.q_norm.weight[real:].zero_()
+            self.k_norm.weight[real:].zero_()
+        self.proj.weight[:, real:].zero_()
 
     def forward(self, hidden_states):
-        batch, seq, width = hidden_states.shape
-        # Rows of qkv.weight: [all Q heads; all K heads; all V heads], each head-major.
-        q, k, v = self.qkv(hidden_states).split(width, dim=-1)
+        batch, seq, _ = hidden_states.shape
+        # Rows of qkv.weight: [all Q heads; all K heads; all V heads], each head-major, dummy heads last.
+        q, k, v = self.qkv(hidden_states).split(self.stored_dim, dim=-1)  # [b, s, D] each
         if self.qk_normalization:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q, k, v = (t.reshape(batch, seq, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        heads = (t.reshape(batch, seq, self.num_stored_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attention_dropout if self.training else 0.0
-        )
-        out = out.transpose(1, 2).reshape(batch, seq, width)
+            *heads, dropout_p=self.attention_dropout if self.training else 0.0
+        )  # [b, heads, s, hd]
+        out = out.transpose(1, 2).reshape(batch, seq, self.stored_dim)
         return self.proj_drop(self.proj(out))
 
 
@@ -192,6 +218,8 @@ class InternVisionModel(PreTrainedModel):
         elif isinstance(module, InternVisionEmbeddings):
             nn.init.trunc_normal_(module.class_embedding, std=std)
             nn.init.trunc_normal_(module.position_embedding, std=std)
+        elif isinstance(module, InternAttention):
+            module.zero_dummy_heads_()
         elif isinstance(module, InternVisionEncoderLayer):
             nn.init.constant_(module.ls1, self.config.initializer_factor)
             nn.init.constant_(module.ls2, self.config.initializer_factor)

@@ -21,6 +21,7 @@ from .conversation import (
     IMG_START_TOKEN,
     build_chat_prompt,
     expand_image_placeholders,
+    format_for_config,
 )
 from .modeling_intern_vit import InternVisionModel
 
@@ -79,7 +80,7 @@ class NVLM_D_Model(PreTrainedModel):
         self.ps_version = config.ps_version
         self.image_tag_type = getattr(config, "image_tag_type", "nvlm")
         self.num_image_token = int((image_size // self.patch_size) ** 2 * (config.downsample_ratio**2))
-        self.system_message = getattr(config, "system_message", "") or ""
+        self.prompt_format, self.system_message = format_for_config(config)
 
         self.vision_model = vision_model if vision_model is not None else InternVisionModel(vcfg)
         self.language_model = language_model if language_model is not None else Qwen2ForCausalLM(lcfg)
@@ -269,10 +270,11 @@ class NVLM_D_Model(PreTrainedModel):
 
     # ----------------------------------------------------------------------------------- chat
     def build_chat_query(
-        self, question, history=None, num_patches_list=(), img_context_token=IMG_CONTEXT_TOKEN
+        self, question, history=None, num_patches_list=(), img_context_token=IMG_CONTEXT_TOKEN, system=True
     ):
-        """The full prompt text ``chat()`` tokenizes (image placeholders expanded)."""
-        query = build_chat_prompt(question, history, self.system_message)
+        """The full prompt text ``chat()`` tokenizes (image placeholders expanded); ``system=False``
+        leaves the system turn out."""
+        query = build_chat_prompt(question, history, self.prompt_format, self.system_message if system else None)
         return expand_image_placeholders(
             query, list(num_patches_list), self.num_image_token, self.image_tag_type, img_context_token
         )
@@ -290,13 +292,46 @@ class NVLM_D_Model(PreTrainedModel):
         IMG_END_TOKEN=IMG_END_TOKEN,  # noqa: N803
         IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN,  # noqa: N803
         verbose=False,
+        visual_features=None,
     ):
-        """One chat turn, as in the NVLM-D model card. ``generation_config`` is a dict of generate kwargs.
+        """One chat turn, as the released NVLM-D ``chat()``. ``generation_config`` is a dict of generate kwargs.
 
-        Returns the response, or ``(response, history)`` with ``return_history=True``; ``history`` is a list
-        of ``(question, answer)`` pairs. If images are given and no ``<image>`` placeholder appears in the
-        conversation, ``<image>\\n`` is put in front of the question.
+        The prompt is the config's prompt format (the released one by default: system ``Answer the
+        questions.``, no newline after ``<|im_end|>``). ``<image>\n`` is put in front of the question only
+        when ``history`` is None, images are given and the question has no ``<image>``. Generation stops
+        at ``<|im_end|>``; the reply is the text before the first ``<|im_end|>``, stripped. Returns the
+        response, or ``(response, history)`` with ``return_history=True`` (``history``: (question, answer)
+        pairs).
         """
+        return self._chat(tokenizer, pixel_values, question, generation_config, history, return_history,
+                          num_patches_list, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, verbose,
+                          visual_features, system=True)
+
+    def chat_without_sys_prompt(
+        self,
+        tokenizer,
+        pixel_values,
+        question,
+        generation_config,
+        history=None,
+        return_history=False,
+        num_patches_list=None,
+        IMG_START_TOKEN=IMG_START_TOKEN,  # noqa: N803
+        IMG_END_TOKEN=IMG_END_TOKEN,  # noqa: N803
+        IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN,  # noqa: N803
+        verbose=False,
+        visual_features=None,
+    ):
+        """``chat()`` without the system turn (the released method of this name)."""
+        return self._chat(tokenizer, pixel_values, question, generation_config, history, return_history,
+                          num_patches_list, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, verbose,
+                          visual_features, system=False)
+
+    def _chat(self, tokenizer, pixel_values, question, generation_config, history, return_history,
+              num_patches_list, img_start, img_end, img_context, verbose, visual_features, system):
+        # As released, IMG_START/END_TOKEN (img_start, img_end) do not change the image text (<Image>..</Image>).
+        if history is None and pixel_values is not None and IMAGE_PLACEHOLDER not in question:
+            question = IMAGE_PLACEHOLDER + "\n" + question
         history = [] if history is None else list(history)
         if num_patches_list is None:
             num_patches_list = [pixel_values.shape[0]] if pixel_values is not None else []
@@ -306,14 +341,9 @@ class NVLM_D_Model(PreTrainedModel):
                 f"num_patches_list sums to {sum(num_patches_list)} but pixel_values has "
                 f"{pixel_values.shape[0]} tiles"
             )
-        seen = sum(q.count(IMAGE_PLACEHOLDER) for q, _ in history) + question.count(IMAGE_PLACEHOLDER)
-        if pixel_values is not None and seen == 0:
-            question = IMAGE_PLACEHOLDER + "\n" + question
 
-        self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
-        query = self.build_chat_query(question, history, num_patches_list, IMG_CONTEXT_TOKEN)
-        if IMG_START_TOKEN != "<Image>" or IMG_END_TOKEN != "</Image>":
-            query = query.replace("<Image>", IMG_START_TOKEN).replace("</Image>", IMG_END_TOKEN)
+        self.img_context_token_id = tokenizer.convert_tokens_to_ids(img_context)
+        query = self.build_chat_query(question, history, num_patches_list, img_context, system=system)
 
         model_inputs = tokenizer(query, return_tensors="pt", add_special_tokens=False)
         device = self.get_input_embeddings().weight.device
@@ -327,13 +357,14 @@ class NVLM_D_Model(PreTrainedModel):
             vit_dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
             pixel_values = pixel_values.to(device=device, dtype=vit_dtype)
         output_ids = self.generate(
-            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs
+            pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
+            visual_features=visual_features, **gen_kwargs
         )
         response = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0]
         response = response.split(IM_END)[0].strip()
         history.append((question, response))
         if verbose:
-            print(query.replace(IMG_CONTEXT_TOKEN, ""), response)
+            print(query.replace(img_context, ""), response)
         if return_history:
             return response, history
         return response

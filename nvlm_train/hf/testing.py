@@ -119,13 +119,17 @@ def tiny_spec(vocab_size: int = 448, vision_heads: int = 5, image_size: int = 56
 @torch.no_grad()
 def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.nn.Module:
     """Overwrite every parameter with seeded random values (norm weights / layer scales around 1 and 0.5)
-    so that tests exercise every weight, including norms, biases and layer scales."""
+    so that tests exercise every weight, including norms, biases and layer scales; dummy ViT heads
+    (the released layout) are left zero."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in sorted(model.named_parameters()):
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * std
         if "norm" in name.split(".")[-2] or name.endswith(("ls1", "ls2")) or name.startswith("mlp1.0.weight"):
             noise = noise + (0.5 if name.endswith(("ls1", "ls2")) else 1.0)
         p.copy_(noise.to(p.dtype))
+    for module in model.modules():  # the released layout's dummy ViT heads stay zero
+        if hasattr(module, "zero_dummy_heads_"):
+            module.zero_dummy_heads_()
     return model
 
 

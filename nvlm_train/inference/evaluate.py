@@ -29,6 +29,7 @@ def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_
     from nvlm_train.config.model import ModelConfig
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.data.encode import encode_prompt
+    from nvlm_train.data.prompt import saved_prompt
     from nvlm_train.data.synth import read_heldout
     from nvlm_train.data.tokenizer import TextTokenizer, build_demo_tokenizer
     from nvlm_train.inference.generate import greedy_generate
@@ -43,6 +44,7 @@ def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_
     tok_dir = saved.get("data", {}).get("tokenizer_dir") or str(build_demo_tokenizer())
     tok = TextTokenizer(tok_dir)
     max_tiles = saved.get("data", {}).get("max_tiles", 6)
+    prompt_format, system = saved_prompt(saved.get("data"))
     items = read_heldout(data_root)[:limit]
     with maybe_cpu_runtime():
         initialize_distributed(ParallelConfig(), seed=0)
@@ -53,7 +55,8 @@ def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_
             correct, per_task, totals = 0, Counter(), Counter()
             for item in tqdm(items, desc="megatron eval", file=sys.stderr, mininterval=2):
                 prompt, pixels = encode_prompt([("user", item.question)], [item.image], tok,
-                                               model_cfg.tokens_per_tile, model_cfg.vision.image_size, max_tiles)
+                                               model_cfg.tokens_per_tile, model_cfg.vision.image_size, max_tiles,
+                                               system=system, prompt_format=prompt_format)
                 out = greedy_generate(model, list(prompt), pixels, max_new_tokens,
                                       {tok.im_end_id, tok.eod_id}, model_cfg.language.vocab_size)
                 answer = tok.decode(out).strip()
@@ -64,7 +67,8 @@ def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_
         finally:
             destroy_distributed()
     return {"accuracy": correct / max(1, len(items)), "correct": correct, "total": len(items),
-            "per_task": {t: per_task[t] / totals[t] for t in totals}, "iteration": iteration}
+            "per_task": {t: per_task[t] / totals[t] for t in totals}, "iteration": iteration,
+            "prompt_format": prompt_format}
 
 
 def _model_from_saved(model_section: dict):

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from nvlm_train.config.model import NON_ARCHITECTURE_FIELDS
 from nvlm_train.training.ckpt_writer import shutdown_manager, use_in_process_results_queue
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -216,7 +217,7 @@ def check_architecture(saved_model: dict, current_model: dict) -> None:
     for section in shape_keys:
         saved, now = saved_model.get(section, {}), current_model.get(section, {})
         for key in sorted(set(saved) | set(now)):
-            if key in ("image_token_id",):
+            if key in NON_ARCHITECTURE_FIELDS:
                 continue
             if saved.get(key) != now.get(key):
                 diffs.append(f"model.{section}.{key}: checkpoint {saved.get(key)!r}, config {now.get(key)!r}")

@@ -13,6 +13,7 @@ from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
 from nvlm_train.data import resample
 from nvlm_train.data.loader import DataConfig, MultimodalLoader, build_loader
+from nvlm_train.data.prompt import get_prompt_format, resolve_system
 from nvlm_train.data.shards import default_cache_dir
 
 
@@ -69,6 +70,8 @@ def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pas
         single_pass=single_pass,
         cache_dir=d.cache_dir,
         tile_on_device=tile_on_device(cfg),
+        prompt_format=d.prompt_format,
+        system=resolve_system(get_prompt_format(d.prompt_format), d.system_prompt),
     )
 
 

@@ -23,6 +23,7 @@ from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
 from nvlm_train.data.packing import batch_tiles
 from nvlm_train.data.path_report import DataPathError
+from nvlm_train.data.prompt import saved_prompt
 from nvlm_train.data.recipe import RecipeError
 from nvlm_train.model.builder import build_model
 from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
@@ -93,6 +94,7 @@ class Trainer:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
 
+        self._check_prompt()
         data_root = cfg.data.data_root
         if cfg.data.build_demo:
             data_root = str(ensure_demo_data(cfg))
@@ -118,6 +120,20 @@ class Trainer:
         saved = _saved_model_section(folder)
         if saved:
             ckpt.check_architecture(saved, asdict(self.cfg.model))
+
+    def _check_prompt(self) -> None:
+        """A resumed run must keep the prompt format its checkpoint trained with (checked before any build)."""
+        latest = ckpt.latest_iteration(self.ckpt_root)
+        if latest is None:
+            return
+        folder = ckpt.iteration_dir(self.ckpt_root, latest)
+        saved = saved_prompt((yaml.safe_load(ckpt.read_saved_config(folder) or "") or {}).get("data"))
+        now = saved_prompt(asdict(self.cfg.data))
+        if saved != now:
+            raise ckpt.CheckpointError(
+                f"{folder} was trained with prompt format {saved[0]!r} and system message {saved[1]!r}, but this "
+                f"run has data.prompt_format={now[0]!r} and system message {now[1]!r}; resume with the checkpoint's "
+                f"settings, or start a new run.dir (checkpoint.init_from=...) to train with another prompt")
 
     def _restore(self) -> None:
         latest = ckpt.latest_iteration(self.ckpt_root)

@@ -107,7 +107,40 @@ def test_verify_cli_fails_on_a_wrong_export(checkpoints, exports, tmp_path):
     assert "FAILED" in proc.stdout
 
 
-def test_exported_vision_tower_equals_transformers_internvl(exports):
+def _released_vit_reference(state: dict, vc: dict, pixels: torch.Tensor) -> torch.Tensor:
+    """InternViT as DESIGN.md describes the released NVLM-D attention, written from that text: qkv rows
+    [Q 32 heads; K 32 heads; V 32 heads] (real heads, then zero dummies), q/k RMSNorm dividing the sum of
+    squares of the first C channels by C and scaling all (heads + dummies) x head_dim channels, attention
+    over all the stored heads, proj from the stored width. No final norm; class token kept."""
+    import torch.nn.functional as F
+
+    c, eps, heads = vc["hidden_size"], vc["layer_norm_eps"], vc["num_attention_heads"]
+    head_dim = c // heads
+    e = "vision_model.embeddings."
+    x = F.conv2d(pixels, state[e + "patch_embedding.weight"], state[e + "patch_embedding.bias"], stride=vc["patch_size"])
+    x = x.flatten(2).transpose(1, 2)  # [n, patches, C]
+    x = torch.cat([state[e + "class_embedding"].expand(x.shape[0], 1, c), x], dim=1) + state[e + "position_embedding"]
+
+    def rms(t, w, real):
+        return t * torch.rsqrt(t[..., :real].pow(2).sum(-1, keepdim=True) / real + eps) * w
+
+    for i in range(vc["num_hidden_layers"]):
+        p = f"vision_model.encoder.layers.{i}."
+        q, k, v = (x_ @ w.T for x_, w in zip([rms(x, state[p + "norm1.weight"], c)] * 3,
+                                             state[p + "attn.qkv.weight"].chunk(3)))
+        stored = q.shape[-1] // head_dim
+        q, k = rms(q, state[p + "attn.q_norm.weight"], c), rms(k, state[p + "attn.k_norm.weight"], c)
+        n, s_ = x.shape[:2]
+        q, k, v = (t.reshape(n, s_, stored, head_dim).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, s_, stored * head_dim)
+        x = x + (a @ state[p + "attn.proj.weight"].T + state[p + "attn.proj.bias"]) * state[p + "ls1"]
+        h = rms(x, state[p + "norm2.weight"], c) @ state[p + "mlp.fc1.weight"].T + state[p + "mlp.fc1.bias"]
+        h = F.gelu(h) @ state[p + "mlp.fc2.weight"].T + state[p + "mlp.fc2.bias"]
+        x = x + h * state[p + "ls2"]
+    return x
+
+
+def test_exported_vision_tower_is_the_released_layout_and_computes_the_released_vit(exports):
     from transformers import AutoModel
     from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
     from transformers.models.internvl.modeling_internvl import InternVLVisionModel
@@ -116,23 +149,45 @@ def test_exported_vision_tower_equals_transformers_internvl(exports):
     state = load_export(out)
     vc = json.loads((out / "config.json").read_text())["vision_config"]
     width, heads, layers = vc["hidden_size"], vc["num_attention_heads"], vc["num_hidden_layers"]
+    # the released layout: 5 real heads of 16 + 7 zero dummy heads; vision_config says the real count
+    head_dim, stored = width // heads, (heads + 7) * (width // heads)
+    assert (heads, vc["num_dummy_heads"]) == (5, 7)
+    for i in range(layers):
+        src = f"vision_model.encoder.layers.{i}."
+        qkv = state[src + "attn.qkv.weight"]
+        assert tuple(qkv.shape) == (3 * stored, width)
+        assert not qkv.reshape(3, heads + 7, head_dim, width)[:, heads:].any()
+        assert tuple(state[src + "attn.q_norm.weight"].shape) == (stored,)
+        assert tuple(state[src + "attn.proj.weight"].shape) == (width, stored)
+        assert not state[src + "attn.proj.weight"][:, width:].any()
+
+    pixels = torch.randn(3, 3, vc["image_size"], vc["image_size"], generator=torch.Generator().manual_seed(0))
+    ours = AutoModel.from_pretrained(str(out), dtype=torch.float32, trust_remote_code=True).eval()
+    with torch.no_grad():
+        got = ours.vision_model(pixel_values=pixels).last_hidden_state
+        released = _released_vit_reference(state, vc, pixels)
+    assert got.shape == released.shape == (3, 1 + (vc["image_size"] // vc["patch_size"]) ** 2, width)
+    assert (got - released).abs().max().item() <= 1e-5 * max(1.0, released.abs().max().item())
+
+    # transformers' native InternViT (no dummy heads) on the real heads gives the same numbers
     ref_sd = {
         "embeddings.cls_token": state["vision_model.embeddings.class_embedding"],
         "embeddings.position_embeddings": state["vision_model.embeddings.position_embedding"],
         "embeddings.patch_embeddings.projection.weight": state["vision_model.embeddings.patch_embedding.weight"],
         "embeddings.patch_embeddings.projection.bias": state["vision_model.embeddings.patch_embedding.bias"],
     }
-    names = {"attn.q_norm.weight": "attention.q_norm.weight", "attn.k_norm.weight": "attention.k_norm.weight",
-             "attn.proj.weight": "attention.projection_layer.weight",
-             "attn.proj.bias": "attention.projection_layer.bias",
+    names = {"attn.proj.bias": "attention.projection_layer.bias",
              "ls1": "lambda_1", "ls2": "lambda_2", "norm1.weight": "layernorm_before.weight",
              "norm2.weight": "layernorm_after.weight", "mlp.fc1.weight": "mlp.fc1.weight",
              "mlp.fc1.bias": "mlp.fc1.bias", "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias"}
     for i in range(layers):
         src, dst = f"vision_model.encoder.layers.{i}.", f"encoder.layer.{i}."
-        q, k, v = state[src + "attn.qkv.weight"].chunk(3)  # HF layout: [all Q; all K; all V]
+        q, k, v = (t[:width] for t in state[src + "attn.qkv.weight"].chunk(3))  # [all Q; all K; all V]
         ref_sd.update({dst + "attention.q_proj.weight": q, dst + "attention.k_proj.weight": k,
-                       dst + "attention.v_proj.weight": v})
+                       dst + "attention.v_proj.weight": v,
+                       dst + "attention.q_norm.weight": state[src + "attn.q_norm.weight"][:width],
+                       dst + "attention.k_norm.weight": state[src + "attn.k_norm.weight"][:width],
+                       dst + "attention.projection_layer.weight": state[src + "attn.proj.weight"][:, :width]})
         ref_sd.update({dst + b: state[src + a] for a, b in names.items()})
     cfg = InternVLVisionConfig(
         hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
@@ -142,10 +197,6 @@ def test_exported_vision_tower_equals_transformers_internvl(exports):
     ref = InternVLVisionModel(cfg).eval()
     missing, unexpected = ref.load_state_dict(ref_sd, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
-    ours = AutoModel.from_pretrained(str(out), dtype=torch.float32, trust_remote_code=True).eval()
-    pixels = torch.randn(3, 3, vc["image_size"], vc["image_size"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = ref(pixel_values=pixels).last_hidden_state
-        got = ours.vision_model(pixel_values=pixels).last_hidden_state
-    assert got.shape == expected.shape
     assert (got - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())

@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.convert.mapping import HF_TO_MCORE, MCORE_TO_HF, expand
-from nvlm_train.convert.transforms import TRANSFORMS, Dims
+from nvlm_train.convert.transforms import TRANSFORMS, Dims, DummyHeadError
 
 DIMS = Dims(vit_heads=5, vit_head_dim=4, llm_heads=6, llm_groups=2, llm_head_dim=3)
+
+
+RELEASED_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "nvlm_d_72b_config.json"
+RELEASED = Dims(vit_heads=2, vit_head_dim=2, llm_heads=6, llm_groups=2, llm_head_dim=3, vit_dummy_heads=3)
+
+
+def test_released_vit_layout_by_hand():
+    """2 real heads of 2 + 3 dummies: megatron [q0 k0 v0 q1 k1 v1] -> HF [Q0 Q1 0 0 0; K...; V...]."""
+    rows = [[10.0 * h + 2 * part + r] for h in range(2) for part in range(3) for r in range(2)]  # [12, 1]
+    (hf,) = TRANSFORMS["vit_qkv"].split(torch.tensor(rows), RELEASED)
+    z = [0.0] * 6
+    expected = []
+    for part in range(3):  # Q, K, V blocks
+        expected += [10.0 * h + 2 * part + r for h in range(2) for r in range(2)] + z
+    assert hf.flatten().tolist() == expected
+    assert torch.equal(TRANSFORMS["vit_qkv"].merge([hf], RELEASED), torch.tensor(rows))
+    (norm,) = TRANSFORMS["vit_heads"].split(torch.tensor([1.0, 2, 3, 4]), RELEASED)
+    assert norm.tolist() == [1, 2, 3, 4] + z
+    (proj,) = TRANSFORMS["vit_proj"].split(torch.ones(3, 4), RELEASED)
+    assert proj.tolist() == [[1.0] * 4 + z] * 3
+    assert torch.equal(TRANSFORMS["vit_proj"].merge([proj], RELEASED), torch.ones(3, 4))
+    # dummy entries of the norm weights scale channels that are always zero: dropped whatever they hold
+    assert TRANSFORMS["vit_heads"].merge([torch.arange(10.0)], RELEASED).tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("op,where", [("vit_qkv", (5, 0)), ("vit_qkv", (25, 0)), ("vit_proj", (1, 7))])
+def test_nonzero_dummy_head_is_refused(op, where):
+    t = torch.zeros(30, 4) if op == "vit_qkv" else torch.zeros(3, 10)
+    t[where] = 0.5
+    with pytest.raises(DummyHeadError, match="not all zero"):
+        TRANSFORMS[op].merge([t], RELEASED)
 
 
 def test_split_then_merge_is_identity():
@@ -55,20 +90,27 @@ def test_tables_are_inverse_and_complete():
     from nvlm_train.convert.hf_config import hf_config_for
     from nvlm_train.hf.export_files import hf_param_shapes
 
-    shapes = hf_param_shapes(hf_config_for(model, "bfloat16", None))
-    assert set(shapes) == set(hf_keys)
-    total = sum(torch.Size(s).numel() for s in shapes.values())
-    assert total == 78_863_416_704
+    from nvlm_train.hf.export_files import HFLayout
+
+    # the released layout stores 45 x 11,470,592 dummy-head zeros on top of the model's parameters
+    for layout, total in ((HFLayout.RELEASED, 79_379_593_344), (HFLayout.INTERNVL, 78_863_416_704)):
+        shapes = hf_param_shapes(hf_config_for(model, "bfloat16", None, layout=layout))
+        assert set(shapes) == set(hf_keys)
+        assert sum(torch.Size(s).numel() for s in shapes.values()) == total
 
 
-def test_published_72b_config_derives_the_72b_preset():
+def test_released_72b_config_derives_the_72b_preset():
+    """The released config.json (verbatim fixture: llama spelling, dynamic rope scaling) gives our preset."""
     from nvlm_train.config.store import load_model_config
-    from nvlm_train.convert.hf_config import architecture_diffs, model_config_from_nvlm
-    from nvlm_train.hf.export_files import build_hf_config, nvlm_d_72b_spec
+    from nvlm_train.convert.hf_config import architecture_diffs, hf_prompt, model_config_from_nvlm
 
     preset = load_model_config("nvlm_d_72b")
-    cfg = build_hf_config(nvlm_d_72b_spec())
-    cfg.pop("img_context_token_id")  # the published config.json has none: found via the tokenizer instead
-    cfg.pop("projector_intermediate_size")
+    cfg = json.loads(RELEASED_CONFIG.read_text())
+    assert cfg["llm_config"]["model_type"] == "llama"
     derived = model_config_from_nvlm(cfg, preset, None, image_token_id=151654)
     assert architecture_diffs(derived, preset) == []
+    lang = derived.language
+    assert (lang.rope_scaling_type, lang.rope_scaling_factor) == ("dynamic", 3.0)
+    assert (preset.language.rope_scaling_type, preset.language.rope_scaling_factor) == ("dynamic", 3.0)
+    assert derived.vision.num_attention_heads == 25
+    assert hf_prompt(cfg) == ("nvlm_d", "Answer the questions.")

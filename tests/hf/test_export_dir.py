@@ -142,14 +142,16 @@ def test_chat_prompt_and_greedy_tokens_match_forward(tiny_export_dir, tokenizer)
 
     model.generate = spy
     history = [("Hi", "Hello!")]
+    # With a history, the released chat() does not add <image>: the question must carry it.
     response, _ = model.chat(
-        tokenizer, pixel_values, "What is it?", dict(max_new_tokens=5, do_sample=False),
+        tokenizer, pixel_values, "<image>\nWhat is it?", dict(max_new_tokens=5, do_sample=False),
         history=history, return_history=True,
     )
     pad = "<|vision_pad|>" * 4
-    expected = (
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-        f"<|im_start|>user\n<Image><tile_1>{pad}<tile_global_thumbnail>{pad}</Image>\nWhat is it?<|im_end|>\n"
+    expected = (  # the released chat(): system turn, no newline after <|im_end|>
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\nHi<|im_end|><|im_start|>assistant\nHello!<|im_end|>"
+        f"<|im_start|>user\n<Image><tile_1>{pad}<tile_global_thumbnail>{pad}</Image>\nWhat is it?<|im_end|>"
         "<|im_start|>assistant\n"
     )
     input_ids = captured["input_ids"]

@@ -1,8 +1,13 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
+from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
 from nvlm_train.hf.export_files import build_hf_config, hf_param_shapes, nvlm_d_72b_spec
+from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model
 from nvlm_train.hf.modeling_nvlm_d import pixel_shuffle
 from nvlm_train.hf.testing import build_tiny_model
 
@@ -120,14 +125,33 @@ def test_missing_image_token_id_is_clear():
         model(pixel_values=torch.randn(1, 3, 56, 56), input_ids=torch.tensor([[5, 3, 3, 3, 3]]))
 
 
-def test_72b_shapes_and_parameter_count():
-    shapes = hf_param_shapes(build_hf_config(nvlm_d_72b_spec()))
+# The released nvidia/NVLM-D-72B config.json, verbatim (a copy of shared/reference/).
+RELEASED_CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "nvlm_d_72b_config.json"
+
+
+def _meta_shapes(config: dict) -> dict:
+    with torch.device("meta"):
+        model = NVLM_D_Model(NVLM_D_Config(**{k: v for k, v in config.items() if k not in ("auto_map",
+                                                                                           "architectures")}))
+    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("source", ["released config.json", "our 72B spec"])
+def test_72b_shapes_and_parameter_count(source):
+    """The released NVLM-D-72B layout (DESIGN.md sections 1-2): 7 zero dummy ViT heads appended."""
+    if source == "released config.json":
+        shapes = _meta_shapes(json.loads(RELEASED_CONFIG.read_text()))
+    else:
+        shapes = hf_param_shapes(build_hf_config(nvlm_d_72b_spec()))
     for key, shape in {
         "vision_model.embeddings.class_embedding": (1, 1, 3200),
         "vision_model.embeddings.patch_embedding.weight": (3200, 3, 14, 14),
         "vision_model.embeddings.position_embedding": (1, 1025, 3200),
-        "vision_model.encoder.layers.44.attn.qkv.weight": (9600, 3200),
-        "vision_model.encoder.layers.44.attn.q_norm.weight": (3200,),
+        "vision_model.encoder.layers.44.attn.qkv.weight": (12288, 3200),
+        "vision_model.encoder.layers.44.attn.q_norm.weight": (4096,),
+        "vision_model.encoder.layers.44.attn.k_norm.weight": (4096,),
+        "vision_model.encoder.layers.44.attn.proj.weight": (3200, 4096),
+        "vision_model.encoder.layers.44.attn.proj.bias": (3200,),
         "vision_model.encoder.layers.44.ls2": (3200,),
         "mlp1.0.weight": (12800,),
         "mlp1.0.bias": (12800,),
@@ -145,9 +169,11 @@ def test_72b_shapes_and_parameter_count():
     def count(prefix):
         return sum(torch.Size(s).numel() for k, s in shapes.items() if k.startswith(prefix))
 
-    assert count("vision_model.") == 5_536_496_000
+    # the model's 5,536,496,000 ViT parameters + 45 x 11,470,592 stored zeros
+    assert count("vision_model.") == 5_536_496_000 + 45 * 11_470_592
     assert count("mlp1.") == 620_717_056
     assert count("language_model.") == 72_706_203_648
+    assert count("") == 79_379_593_344
 
 
 def test_select_layer_uses_that_layers_hidden_states():

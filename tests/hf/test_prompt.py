@@ -1,7 +1,9 @@
 import pytest
 
 from nvlm_train.hf.conversation import (
+    PROMPT_FORMATS,
     build_chat_prompt,
+    format_for_config,
     expand_image_placeholders,
     image_token_string,
     tile_tags,
@@ -29,25 +31,45 @@ def test_image_strings_exact():
     assert image_token_string(2, 2, image_tag_type="internvl") == f"<img>{P * 4}</img>"
 
 
-def test_chat_prompt_exact_with_image_and_history():
-    prompt = build_chat_prompt("<image>\nWhat is it?", history=[("Hi", "Hello!")])
+def test_chat_prompt_released_format_with_image_and_history():
+    """The released chat()'s MPT-style chatml prompt (DESIGN.md section 1), written out by hand."""
+    prompt = build_chat_prompt("<image>\nWhat is it?", history=[("Hi", "Hello!")],
+                               system="Answer the questions.")
     assert prompt == (
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\nHi<|im_end|><|im_start|>assistant\nHello!<|im_end|>"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|><|im_start|>assistant\n"
     )
     expanded = expand_image_placeholders(prompt, [2], num_image_token=1)
     assert expanded == (
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
-        f"<|im_start|>user\n<Image><tile_1>{P}<tile_global_thumbnail>{P}</Image>\nWhat is it?<|im_end|>\n"
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\nHi<|im_end|><|im_start|>assistant\nHello!<|im_end|>"
+        f"<|im_start|>user\n<Image><tile_1>{P}<tile_global_thumbnail>{P}</Image>\nWhat is it?<|im_end|>"
         "<|im_start|>assistant\n"
     )
 
 
-def test_system_message_only_when_configured():
-    assert build_chat_prompt("q").startswith("<|im_start|>user\n")
-    assert build_chat_prompt("q", system_message="Be brief.") == (
+def test_megatron_format_and_no_system():
+    assert build_chat_prompt("q", fmt=PROMPT_FORMATS["megatron"]) == (
+        "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert build_chat_prompt("q", fmt=PROMPT_FORMATS["megatron"], system="Be brief.") == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+class _Cfg:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def test_config_selects_format_and_system():
+    # the released config.json: template chatml, no prompt keys -> the released chat()
+    fmt, system = format_for_config(_Cfg(template="chatml"))
+    assert (fmt.name, system) == ("nvlm_d", "Answer the questions.")
+    fmt, system = format_for_config(_Cfg(template="chatml", prompt_format="megatron", system_message=""))
+    assert (fmt.name, system) == ("megatron", "")
+    assert build_chat_prompt("q", fmt=fmt, system=system) == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_multi_image_placeholders_in_order():

@@ -6,10 +6,10 @@ from nvlm_train.hf.modeling_intern_vit import InternVisionModel
 from nvlm_train.hf.testing import randomize_
 
 
-def _ours(heads=5, head_dim=8, layers=2, image_size=56, seed=0):
+def _ours(heads=5, head_dim=8, layers=2, image_size=56, seed=0, dummy=0):
     cfg = InternVisionConfig(
         hidden_size=heads * head_dim, num_attention_heads=heads, intermediate_size=64,
-        num_hidden_layers=layers, image_size=image_size, patch_size=14,
+        num_hidden_layers=layers, image_size=image_size, patch_size=14, num_dummy_heads=dummy,
     )
     return randomize_(InternVisionModel(cfg).float().eval(), seed=seed)
 
@@ -39,14 +39,15 @@ def _native_from_ours(ours):
     }
     for i in range(c.num_hidden_layers):
         src, dst = f"encoder.layers.{i}.", f"encoder.layer.{i}."
-        q, k, v = sd[src + "attn.qkv.weight"].split(width, dim=0)  # rows: all Q; all K; all V
+        # rows: all Q; all K; all V, each with the dummy heads (if any) after the real ones
+        q, k, v = (t[:width] for t in sd[src + "attn.qkv.weight"].chunk(3, dim=0))
         mapped.update({
             dst + "attention.q_proj.weight": q,
             dst + "attention.k_proj.weight": k,
             dst + "attention.v_proj.weight": v,
-            dst + "attention.q_norm.weight": sd[src + "attn.q_norm.weight"],
-            dst + "attention.k_norm.weight": sd[src + "attn.k_norm.weight"],
-            dst + "attention.projection_layer.weight": sd[src + "attn.proj.weight"],
+            dst + "attention.q_norm.weight": sd[src + "attn.q_norm.weight"][:width],
+            dst + "attention.k_norm.weight": sd[src + "attn.k_norm.weight"][:width],
+            dst + "attention.projection_layer.weight": sd[src + "attn.proj.weight"][:, :width],
             dst + "attention.projection_layer.bias": sd[src + "attn.proj.bias"],
             dst + "mlp.fc1.weight": sd[src + "mlp.fc1.weight"],
             dst + "mlp.fc1.bias": sd[src + "mlp.fc1.bias"],
@@ -59,6 +60,18 @@ def _native_from_ours(ours):
         })
     native.load_state_dict(mapped, strict=True)
     return native
+
+
+def test_released_layout_shapes_by_default():
+    """Without num_dummy_heads in the config, the released layout: 7 dummy heads of 8 (5 + 7 = 12)."""
+    cfg = InternVisionConfig(hidden_size=40, num_attention_heads=5, intermediate_size=64, num_hidden_layers=1,
+                             image_size=56, patch_size=14)
+    shapes = {k: tuple(v.shape) for k, v in InternVisionModel(cfg).state_dict().items()}
+    assert shapes["encoder.layers.0.attn.qkv.weight"] == (3 * 12 * 8, 40)
+    assert shapes["encoder.layers.0.attn.q_norm.weight"] == (96,)
+    assert shapes["encoder.layers.0.attn.k_norm.weight"] == (96,)
+    assert shapes["encoder.layers.0.attn.proj.weight"] == (40, 96)
+    assert shapes["encoder.layers.0.attn.proj.bias"] == (40,)
 
 
 def test_key_names_and_shapes():
@@ -86,11 +99,12 @@ def test_key_names_and_shapes():
 
 
 @pytest.mark.parametrize(
-    "heads,head_dim,pixels",
-    [(5, 8, 56), (3, 16, 56), (5, 8, 84)],  # 84 px: position embeddings interpolated from the 4x4 grid
+    "heads,head_dim,pixels,dummy",
+    # 84 px: position embeddings interpolated from the 4x4 grid; 7 dummy heads: the released layout
+    [(5, 8, 56, 0), (3, 16, 56, 0), (5, 8, 84, 0), (5, 8, 56, 7), (3, 16, 84, 7)],
 )
-def test_matches_transformers_internvl_vision(heads, head_dim, pixels):
-    ours = _ours(heads=heads, head_dim=head_dim, layers=2, image_size=56, seed=heads)
+def test_matches_transformers_internvl_vision(heads, head_dim, pixels, dummy):
+    ours = _ours(heads=heads, head_dim=head_dim, layers=2, image_size=56, seed=heads, dummy=dummy)
     native = _native_from_ours(ours)
     pixel_values = torch.randn(3, 3, pixels, pixels, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
