@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, in one short run (about 6 minutes on one H100/H200), from the repo root:
+# The checks that need a CUDA GPU, in one short run (about 7 minutes on one H100/H200), from the repo root:
 #   1. the device tiling route on CUDA: Pillow's bytes, the worker route's tiles, the card's floats (pytest);
 #   2. bench/data_throughput.py with the device's share timed on CUDA;
+#   2b. bench/packed_attention.py: packed rows through varlen_attn equal their samples alone (bf16, outputs
+#      and gradients), and dense mask vs varlen vs causal flash at 3200 / 8192 tokens (72B-TP8, 2B heads);
 #   3. two short single-GPU training runs, tiles cut by the workers vs on the GPU: same losses;
 #   4. the demo (`python -m nvlm_train.demo`) end to end on one GPU, with a time limit; DEMO_ITERS=N
 #      shortens it (then only a crash fails the step: status 3, accuracy below target, is expected).
@@ -29,6 +31,10 @@ $PY -m pytest -q -p no:cacheprovider tests/data/test_resample.py 2>&1 \
 
 step "2. data throughput, device share on CUDA"
 $PY bench/data_throughput.py --device cuda 2>&1 | tee "$OUT/bench.log" || failed+=(bench)
+
+step "2b. packed attention: THD exactness and micro-bench on CUDA"
+timeout 300 $PY bench/packed_attention.py 2> "$OUT/packed_attention.log" | tee "$OUT/packed_attention.json" \
+  || failed+=(packed_attention)
 
 step "3. training: tiles cut by the workers vs on the GPU"
 data="$DEMO_DIR/data"

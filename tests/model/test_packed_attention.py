@@ -12,6 +12,11 @@ attention handing its inputs to a recorder in TE's place (no TE wheel here): the
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -312,3 +317,19 @@ def test_pp2_packed_equals_samples_alone(packed):
     for name, g in ref.items():
         err = (grads[name] - g).norm().item()
         assert err <= 1e-5 * g.norm().item(), f"{name}: |dg|={err:.3e} |g|={g.norm():.3e}"
+
+
+def test_packed_attention_bench_smoke():
+    """bench/packed_attention.py --smoke (the GPU bench's CPU mode): the THD path equals samples alone."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "bench/packed_attention.py", "--smoke", "--iters", "1", "--warmup", "0"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["ok"] and r["smoke"] and len(r["exactness"]) == 2
+    for check in r["exactness"]:
+        assert check["max_abs_out_diff"] <= 1e-5 and check["max_abs_grad_diff"] <= 1e-5 and check["padding_zero"]
+    assert {(row["shape"], row["tokens"]) for row in r["bench"]} == {
+        ("smoke_gqa", 96), ("smoke_gqa", 160), ("smoke_mqa", 96), ("smoke_mqa", 160)}
+    for row in r["bench"]:
+        assert all(row[f"{m}_fwd_bwd_ms"] > 0 for m in ("dense", "varlen", "causal"))
