@@ -7,6 +7,7 @@ from megatron.core import parallel_state
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.hf.configuration_intern_vit import NVLM_D_DUMMY_HEADS
 from nvlm_train.model.builder import BuiltModel, build_model
 from nvlm_train.model.layout import full_shape, global_name, param_layout
 
@@ -30,8 +31,19 @@ def count_parameters(built: BuiltModel, model: ModelConfig) -> dict[str, int]:
     return counts
 
 
+def released_layout_extra(model: ModelConfig, dummy_heads: int = NVLM_D_DUMMY_HEADS) -> int:
+    """Values the released HF layout stores on top of the parameters: per ViT layer, ``dummy_heads``
+    zero heads in each of Q/K/V (rows of qkv), in q_norm and k_norm, and as input columns of proj."""
+    v = model.vision
+    width = dummy_heads * v.head_dim
+    return v.num_layers * width * (3 * v.hidden_size + 2 + v.hidden_size)
+
+
 def model_summary(model: ModelConfig) -> dict[str, int]:
-    """Counts for the whole model; needs a (single-process) initialised parallel state."""
+    """Counts for the whole model, and the values an export in the released layout stores
+    (``stored_released_layout``); needs a (single-process) initialised parallel state."""
     with torch.device("meta"):
         built = build_model(model, ParallelConfig(), initialize=False)
-    return count_parameters(built, model)
+    counts = count_parameters(built, model)
+    counts["stored_released_layout"] = counts["total"] + released_layout_extra(model)
+    return counts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.convert.helpers import cli, tiny_spec_matching_preset
+from tests.convert.helpers import cli, write_released_tiny_export
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +16,8 @@ def demo_tokenizer():
 
 @pytest.fixture(scope="session")
 def hf_source(tmp_path_factory, demo_tokenizer):
-    from nvlm_train.hf.testing import build_tiny_export
-
-    return build_tiny_export(tmp_path_factory.mktemp("convert") / "hf_src", spec=tiny_spec_matching_preset(),
-                             seed=3, max_shard_bytes=256 * 1024, tokenizer_dir=demo_tokenizer)
+    """A tiny checkpoint as released: the released config.json shrunk to tiny sizes, 7 dummy ViT heads."""
+    return write_released_tiny_export(tmp_path_factory.mktemp("convert") / "hf_src", demo_tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,28 @@ def test_loss_mask_covers_exactly_the_assistant_replies(tok):
     assert s.pixel_values.dtype == torch.uint8 and torch.equal(normalize_pixels(s.pixel_values), card)
 
 
+@pytest.mark.parametrize("fmt,nl", [("nvlm_d", ""), ("megatron", "\n")])
+def test_presets_token_by_token(tok, fmt, nl):
+    """The run's system text is used when the sample has none; the loss is on each reply and its <|im_end|>
+    only, in either preset (written out by hand)."""
+    opts = EncodeOptions(seq_length=4096, tokens_per_tile=4, image_size=28, max_tiles=12, prompt_format=fmt,
+                         system="Answer the questions.")
+    conv = Conversation([("user", "Hi"), ("assistant", "yo"), ("user", "Bye"), ("assistant", "ciao")])
+    s = encode_conversation(conv, tok, opts)
+    assert tok.decode(s.tokens.tolist()) == (
+        f"<|im_start|>system\nAnswer the questions.<|im_end|>{nl}<|im_start|>user\nHi<|im_end|>{nl}"
+        f"<|im_start|>assistant\nyo<|im_end|>{nl}<|im_start|>user\nBye<|im_end|>{nl}"
+        f"<|im_start|>assistant\nciao<|im_end|>{nl}")
+    flags = s.targets.tolist()
+    runs = [tok.decode(s.tokens[[i for i, f in enumerate(flags) if f]].tolist())]
+    assert runs == ["yo<|im_end|>ciao<|im_end|>"]
+    # each target run is contiguous and ends on an <|im_end|>
+    ends = [i for i in range(len(flags)) if flags[i] and (i + 1 == len(flags) or not flags[i + 1])]
+    assert [int(s.tokens[i]) for i in ends] == [tok.im_end_id] * 2
+    own = encode_conversation(Conversation(conv.messages, system="Be brief."), tok, opts)
+    assert tok.decode(own.tokens.tolist()).startswith(f"<|im_start|>system\nBe brief.<|im_end|>{nl}<|im_start|>user")
+
+
 def test_text_only(tok):
     s = encode_conversation(Conversation([("user", "1+1?"), ("assistant", "2")]), tok, OPTS)
     assert s.pixel_values.shape == (0, 3, 28, 28)

@@ -21,6 +21,8 @@ def test_72b_counts_match_design():
     assert counts["projector"] == 620_717_056
     assert counts["language"] == 72_706_203_648
     assert counts["total"] == 78_863_416_704
+    # the released files store the 7 zero dummy ViT heads too (DESIGN.md section 1)
+    assert counts["stored_released_layout"] == 79_379_593_344
 
 
 def test_tiny_counts_and_bad_override():

@@ -122,6 +122,17 @@ def test_architecture_mismatch_is_named(data_cache, tmp_path, reference_1rank):
     assert "model.language.num_layers: checkpoint 4, config 2" in proc.stderr
 
 
+def test_prompt_format_mismatch_on_resume_is_named(data_cache, tmp_path, reference_1rank):
+    run, _ = reference_1rank
+    proc = run_train(1, base_overrides(data_cache, run, iters=8) + ["data.prompt_format=megatron"])
+    assert proc.returncode == 2
+    assert (f"{run / 'checkpoints' / 'iter_0000006'} was trained with prompt format 'nvlm_d' and system message "
+            "'Answer the questions.', but this run has data.prompt_format='megatron' and system message "
+            "'Answer the questions.'") in proc.stderr
+    proc = run_train(1, base_overrides(data_cache, run, iters=8) + ["data.system_prompt=null"])
+    assert proc.returncode == 2 and "and system message None" in proc.stderr
+
+
 def test_stage_starts_from_previous_weights_only(data_cache, tmp_path, reference_1rank):
     previous, _ = reference_1rank
     proc = run_train(1, base_overrides(data_cache, tmp_path, iters=2)
