@@ -117,7 +117,8 @@ def _released_vit_reference(state: dict, vc: dict, pixels: torch.Tensor) -> torc
     c, eps, heads = vc["hidden_size"], vc["layer_norm_eps"], vc["num_attention_heads"]
     head_dim = c // heads
     e = "vision_model.embeddings."
-    x = F.conv2d(pixels, state[e + "patch_embedding.weight"], state[e + "patch_embedding.bias"], stride=vc["patch_size"])
+    x = F.conv2d(pixels, state[e + "patch_embedding.weight"], state[e + "patch_embedding.bias"],
+                 stride=vc["patch_size"])
     x = x.flatten(2).transpose(1, 2)  # [n, patches, C]
     x = torch.cat([state[e + "class_embedding"].expand(x.shape[0], 1, c), x], dim=1) + state[e + "position_embedding"]
 

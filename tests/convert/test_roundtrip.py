@@ -13,7 +13,6 @@ from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folde
 from nvlm_train.convert.export import ExportOptions, export_checkpoint
 from tests.convert.helpers import REPO, assert_bit_identical, cli, load_export, released_tiny_config
 
-
 # Keys every transformers config writes about itself (generation defaults, bookkeeping), not NVLM-D facts.
 _GENERIC = {"_commit_hash", "_name_or_path", "add_cross_attention", "bad_words_ids", "begin_suppress_tokens",
             "chunk_size_feed_forward", "cross_attention_hidden_size", "decoder_start_token_id", "diversity_penalty",

@@ -7,8 +7,7 @@ from transformers import Qwen2ForCausalLM
 
 from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
 from nvlm_train.hf.export_files import build_hf_config, hf_param_shapes, nvlm_d_72b_spec
-from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model
-from nvlm_train.hf.modeling_nvlm_d import pixel_shuffle
+from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model, pixel_shuffle
 from nvlm_train.hf.testing import build_tiny_model
 
 IMG = 3  # image-context token id in the tiny spec

@@ -3,8 +3,8 @@ import pytest
 from nvlm_train.hf.conversation import (
     PROMPT_FORMATS,
     build_chat_prompt,
-    format_for_config,
     expand_image_placeholders,
+    format_for_config,
     image_token_string,
     tile_tags,
 )
