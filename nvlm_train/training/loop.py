@@ -35,8 +35,10 @@ from nvlm_train.training import checkpoint as ckpt
 from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
+from nvlm_train.training.metrics_resume import drop_metrics_after
 from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, wrap_ddp
 from nvlm_train.training.signals import install_process_flag
+from nvlm_train.training.stop_marker import write_stop_marker
 
 
 class NonFiniteError(RuntimeError):
@@ -111,6 +113,9 @@ class Trainer:
         if self.rank0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(config_yaml)
+            dropped = drop_metrics_after(self.run_dir, self.state.iteration)  # iterations to be repeated
+            if dropped:
+                self._say(f"metrics.jsonl: dropped {dropped} record(s) after iteration {self.state.iteration}")
         self.metrics = MetricsWriter(self.run_dir, self.rank0, cfg.run.wandb_mode, cfg.run.wandb_project,
                                      cfg.run.name, yaml.safe_load(config_yaml))
         self.peak = peak_tflops_per_gpu()
@@ -292,6 +297,8 @@ class Trainer:
                     self._say(f"{why}: saving at iteration {it} and exiting")
                     if saved_at != it:
                         self.save()
+                    if not stop and self.rank0 and it < cfg.iters:
+                        write_stop_marker(preempt.requested, it)  # the sbatch requeues on it
                     return 0
                 timer.lap()  # exclude logging/eval/save time from the next step's timing
             if saved_at != self.state.iteration:

@@ -1,5 +1,8 @@
 """A real one-node SLURM cluster on localhost for tests: munged + slurmctld + slurmd as root.
 
+Two partitions on the node: ``debug`` (default) and ``urgent``, whose jobs preempt ``debug``'s
+(``preempt/partition_prio``, ``PreemptMode=REQUEUE``).
+
 Everything lives in one private directory (config, state, spool, logs, munge socket and key), on
 free ports, so it neither needs nor touches /etc/slurm or a system munged. Debian's ``slurm-wlm``
 and ``munge`` are installed with apt when missing.
@@ -75,10 +78,13 @@ def _sbin(name: str) -> str:
 class LocalSlurm:
     """munged, slurmctld and slurmd for NodeName=localhost, all under ``root``."""
 
-    def __init__(self, root: Path, cpus: int | None = None, partition: str = "debug"):
+    def __init__(self, root: Path, cpus: int | None = None, partition: str = "debug",
+                 urgent_partition: str = "urgent"):
         self.root = Path(root)
         self.cpus = cpus or os.cpu_count() or 1
         self.partition = partition
+        # Jobs there preempt the default partition's jobs (PreemptMode=REQUEUE: SLURM requeues them).
+        self.urgent_partition = urgent_partition
         self.procs: dict[str, subprocess.Popen] = {}
         self.conf = self.root / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
@@ -138,8 +144,11 @@ PlugStackConfig={r}/plugstack.conf
 KillWait=30
 MinJobAge=600
 JobRequeue=1
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN
-PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
+PartitionName={self.urgent_partition} Nodes=localhost MaxTime=INFINITE State=UP PriorityTier=2 PreemptMode=OFF
 """)
         (r / "plugstack.conf").write_text("")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -113,6 +114,9 @@ def test_crash_during_save_keeps_previous_checkpoint(data_cache, tmp_path, refer
     assert _latest(tmp_path) == 4 and not (ckpts / "iter_0000004.tmp").exists()
     got = losses(tmp_path)
     assert [got[i] for i in (1, 2, 3, 4)] == [expected[i] for i in (1, 2, 3, 4)]
+    # Iterations 3 and 4 were logged before the torn save and again after the resume: once in the file.
+    logged = [json.loads(line)["iteration"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
 
 
 def test_architecture_mismatch_is_named(data_cache, tmp_path, reference_1rank):
