@@ -264,6 +264,11 @@ class NVLM_D_Model(PreTrainedModel):
         if output_hidden_states is not None:
             extra["output_hidden_states"] = output_hidden_states
         generate_kwargs.setdefault("use_cache", True)
+        if generate_kwargs.get("bos_token_id") is None and self.language_model.generation_config.bos_token_id is None:
+            # transformers 4.39 builds the (empty) prompt ids of an inputs_embeds-only generate from the BOS id
+            # and refuses without one; the value is never fed to the model.
+            eos = generate_kwargs.get("eos_token_id")
+            generate_kwargs["bos_token_id"] = eos if isinstance(eos, int) else 0
         return self.language_model.generate(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra, **generate_kwargs
         )
