@@ -41,7 +41,7 @@ def sample_lengths(seq_boundaries: torch.Tensor, num_samples: torch.Tensor | Non
     for r, (row, n) in enumerate(zip(bounds, counts)):
         lengths = [b - a for a, b in zip(row[:-1], row[1:]) if b > a]
         if n is not None:
-            if not 0 < n <= len(lengths):
+            if not 0 <= n <= len(lengths):  # 0: an all-padding row (the end of an evaluation pass)
                 raise ValueError(f"row {r}: num_samples={n} but seq_boundaries {row} hold {len(lengths)} segments")
             lengths = lengths[:n]
         rows.append(lengths)
@@ -64,6 +64,9 @@ def packed_rows(seq_boundaries: torch.Tensor | None, num_samples: torch.Tensor |
         if used > seq_length:
             raise ValueError(f"row {r} holds {used} tokens > seq_length {seq_length}")
         cursor = row_start
+        if not lengths:  # an all-padding row: an empty sequence whose padded extent is the whole row
+            cu.append(cu[-1])
+            cu_padded.append(cu_padded[-1] + seq_length)
         for i, n in enumerate(lengths):
             segments.append((cursor, n))
             cu.append(cu[-1] + n)
@@ -85,7 +88,7 @@ def packed_rows(seq_boundaries: torch.Tensor | None, num_samples: torch.Tensor |
         cu_seqlens_q_padded=cu_padded_t, cu_seqlens_kv_padded=cu_padded_t,
         max_seqlen_q=max_padded, max_seqlen_kv=max_padded,
         segments=tuple(segments), total_tokens=batch * seq_length, real_index=real_index,
-        max_real=max(n for _, n in segments),
+        max_real=max((n for _, n in segments), default=0),
     )
 
 
