@@ -19,8 +19,18 @@ def _split_source(hf_source, root):
     vision, language = root / "InternViT-tiny", root / "Qwen2-tiny"
     vision.mkdir()
     language.mkdir()
-    save_file({k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")},
-              str(vision / "model.safetensors"), metadata={"format": "pt"})
+    width = cfg["vision_config"]["hidden_size"]
+
+    def original(key, t):  # InternViT-6B-448px-V1-5 has no dummy heads: qkv [3C, C], norms [C], proj [C, C]
+        if key.endswith("attn.qkv.weight"):
+            return torch.cat([b[:width] for b in t.chunk(3)])
+        if key.endswith(("attn.q_norm.weight", "attn.k_norm.weight")):
+            return t[:width].clone()
+        return t[:, :width].contiguous() if key.endswith("attn.proj.weight") else t
+
+    vit = {k[len("vision_model."):]: original(k, v) for k, v in state.items() if k.startswith("vision_model.")}
+    assert tuple(vit["encoder.layers.0.attn.qkv.weight"].shape) == (3 * width, width)
+    save_file(vit, str(vision / "model.safetensors"), metadata={"format": "pt"})
     (vision / "config.json").write_text(json.dumps(cfg["vision_config"]))
     lm = {k[len("language_model."):]: v for k, v in state.items() if k.startswith("language_model.")}
     del lm["lm_head.weight"]
@@ -32,6 +42,8 @@ def _split_source(hf_source, root):
 
 
 def test_vision_plus_language_dirs(hf_source, tmp_path):
+    """The original 25-head-style InternViT (no dummy heads) + Qwen2 import, and export in the released
+    layout: the dummy heads come back as zeros, every other tensor is the source's."""
     vision, language, source = _split_source(hf_source, tmp_path)
     ckpt = tmp_path / "ckpt"
     cli("hf-to-mcore", "--vision", str(vision), "--language", str(language), "--out", str(ckpt),
