@@ -274,15 +274,20 @@ class NVLM_D_Model(PreTrainedModel):
         )
 
     # ----------------------------------------------------------------------------------- chat
-    def build_chat_query(
-        self, question, history=None, num_patches_list=(), img_context_token=IMG_CONTEXT_TOKEN, system=True
-    ):
-        """The full prompt text ``chat()`` tokenizes (image placeholders expanded); ``system=False``
-        leaves the system turn out."""
-        query = build_chat_prompt(question, history, self.prompt_format, self.system_message if system else None)
+    def build_chat_query(self, question, history=None, num_patches_list=(), img_context_token=IMG_CONTEXT_TOKEN):
+        """The full prompt text ``chat()`` tokenizes (image placeholders expanded)."""
+        query = build_chat_prompt(question, history, self.prompt_format, self.system_message)
         return expand_image_placeholders(
             query, list(num_patches_list), self.num_image_token, self.image_tag_type, img_context_token
         )
+
+    def chat_without_sys_prompt(self, *args, **kwargs):
+        """``chat()`` (same arguments) without the system turn, as the released method of this name."""
+        saved, self.system_message = self.system_message, None
+        try:
+            return self.chat(*args, **kwargs)
+        finally:
+            self.system_message = saved
 
     def chat(
         self,
@@ -302,39 +307,13 @@ class NVLM_D_Model(PreTrainedModel):
         """One chat turn, as the released NVLM-D ``chat()``. ``generation_config`` is a dict of generate kwargs.
 
         The prompt is the config's prompt format (the released one by default: system ``Answer the
-        questions.``, no newline after ``<|im_end|>``). ``<image>\n`` is put in front of the question only
-        when ``history`` is None, images are given and the question has no ``<image>``. Generation stops
-        at ``<|im_end|>``; the reply is the text before the first ``<|im_end|>``, stripped. Returns the
+        questions.``, no newline after ``<|im_end|>``). ``<image>\\n`` is put in front of the question only
+        when ``history`` is None, images are given and the question has no ``<image>``. As released,
+        IMG_START/END_TOKEN do not change the image text (``<Image>..</Image>``). Generation stops at
+        ``<|im_end|>``; the reply is the text before the first ``<|im_end|>``, stripped. Returns the
         response, or ``(response, history)`` with ``return_history=True`` (``history``: (question, answer)
         pairs).
         """
-        return self._chat(tokenizer, pixel_values, question, generation_config, history, return_history,
-                          num_patches_list, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, verbose,
-                          visual_features, system=True)
-
-    def chat_without_sys_prompt(
-        self,
-        tokenizer,
-        pixel_values,
-        question,
-        generation_config,
-        history=None,
-        return_history=False,
-        num_patches_list=None,
-        IMG_START_TOKEN=IMG_START_TOKEN,  # noqa: N803
-        IMG_END_TOKEN=IMG_END_TOKEN,  # noqa: N803
-        IMG_CONTEXT_TOKEN=IMG_CONTEXT_TOKEN,  # noqa: N803
-        verbose=False,
-        visual_features=None,
-    ):
-        """``chat()`` without the system turn (the released method of this name)."""
-        return self._chat(tokenizer, pixel_values, question, generation_config, history, return_history,
-                          num_patches_list, IMG_START_TOKEN, IMG_END_TOKEN, IMG_CONTEXT_TOKEN, verbose,
-                          visual_features, system=False)
-
-    def _chat(self, tokenizer, pixel_values, question, generation_config, history, return_history,
-              num_patches_list, img_start, img_end, img_context, verbose, visual_features, system):
-        # As released, IMG_START/END_TOKEN (img_start, img_end) do not change the image text (<Image>..</Image>).
         if history is None and pixel_values is not None and IMAGE_PLACEHOLDER not in question:
             question = IMAGE_PLACEHOLDER + "\n" + question
         history = [] if history is None else list(history)
@@ -347,8 +326,8 @@ class NVLM_D_Model(PreTrainedModel):
                 f"{pixel_values.shape[0]} tiles"
             )
 
-        self.img_context_token_id = tokenizer.convert_tokens_to_ids(img_context)
-        query = self.build_chat_query(question, history, num_patches_list, img_context, system=system)
+        self.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN)
+        query = self.build_chat_query(question, history, num_patches_list, IMG_CONTEXT_TOKEN)
 
         model_inputs = tokenizer(query, return_tensors="pt", add_special_tokens=False)
         device = self.get_input_embeddings().weight.device
@@ -369,7 +348,7 @@ class NVLM_D_Model(PreTrainedModel):
         response = response.split(IM_END)[0].strip()
         history.append((question, response))
         if verbose:
-            print(query.replace(img_context, ""), response)
+            print(query.replace(IMG_CONTEXT_TOKEN, ""), response)
         if return_history:
             return response, history
         return response

@@ -156,10 +156,15 @@ def test_chat_prompt_and_greedy_tokens_match_forward(tiny_export_dir, tokenizer)
     )
     input_ids = captured["input_ids"]
     assert tokenizer.decode(input_ids[0]) == expected
+    model.chat_without_sys_prompt(tokenizer, pixel_values, "<image>\nWhat is it?", dict(max_new_tokens=1),
+                                  history=history)
+    assert tokenizer.decode(captured["input_ids"][0]) == expected[len("<|im_start|>system\nAnswer the questions."
+                                                                      "<|im_end|>"):]
+    assert model.system_message == "Answer the questions."
     assert captured["eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert model.img_context_token_id == tokenizer.convert_tokens_to_ids("<|vision_pad|>")
 
-    # greedy reference through forward()
+    # greedy reference through forward() (of the chat() call)
     ids = input_ids
     new = []
     with torch.no_grad():
