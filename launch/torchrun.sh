@@ -117,9 +117,13 @@ children_of() {
 }
 
 pending=""
+interrupted=0
 forward() {
-  local sig="$1" workers
-  workers="$(children_of "$launcher")"
+  local sig="$1" workers=""
+  interrupted=1
+  # SLURM signals every process of the step, this script's short-lived subshells too: a killed
+  # command substitution must not end the script (set -e).
+  workers="$(children_of "$launcher")" || true
   if [[ -z "$pending" ]]; then
     echo "torchrun.sh: SIG$sig -> workers ${workers//$'\n'/ }" >&2
     pending="$sig"
@@ -139,7 +143,13 @@ while kill -0 "$launcher" 2>/dev/null; do
   wait $! 2>/dev/null || true
 done
 rc=0
-wait "$launcher" || rc=$?
+while :; do
+  interrupted=0
+  rc=0
+  wait "$launcher" || rc=$?
+  # A trapped signal makes `wait` return 128+N before torchrun's status: wait again for that.
+  (( rc > 128 && interrupted )) || break
+done
 if [[ -n "$pending" ]]; then
   echo "torchrun.sh: torchrun exited with status $rc after SIG$pending" >&2
 fi

@@ -268,6 +268,27 @@ PartitionName={self.urgent_partition} Nodes=localhost MaxTime=INFINITE State=UP 
         fields = dict(item.split("=", 1) for item in proc.stdout.split() if "=" in item)
         return fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""), int(fields.get("Restarts", "0"))
 
+    def job_processes(self, job_id: int, settle_s: float = 15) -> list[str]:
+        """``pid comm`` of live processes of a job (SLURM_JOB_ID in their environment), after giving
+        them ``settle_s`` seconds to go once the job has ended."""
+        marker = f"SLURM_JOB_ID={job_id}".encode()
+        deadline = time.monotonic() + settle_s
+        while True:
+            found = []
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    stat = (entry / "stat").read_text()
+                    environ = (entry / "environ").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if marker in environ and stat[stat.rfind(")") + 2:].split()[0] != "Z":
+                    found.append(f"{entry.name} {stat[stat.find('(') + 1:stat.rfind(')')]}")
+            if not found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
     def wait_job(self, job_id: int, timeout: float, done=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
                                                           "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                                                           "DEADLINE", "PREEMPTED")) -> str:
