@@ -28,7 +28,7 @@ from nvlm_train.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS
 from nvlm_train.data.order import BlendOrder, SequentialOrder, rank_position
 from nvlm_train.data.packing import collate, row_fits
 from nvlm_train.data.path_report import DataPathError, no_data_message
-from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, get_prompt_format
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS, get_prompt_format
 from nvlm_train.data.recipe import DatasetSpec, Recipe, load_recipe
 from nvlm_train.data.samples import parse_sample
 from nvlm_train.data.shards import ShardIndex, ShardReader, default_cache_dir, expand_paths, index_shard, materialize
@@ -57,7 +57,8 @@ class DataConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     tile_on_device: bool = False  # batches carry decoded images; the trainer cuts tiles on its device
     prompt_format: str = DEFAULT_PROMPT_FORMAT  # a preset of ``hf.conversation.PROMPT_FORMATS``
-    system: str | None = None  # system text of samples that bring none (None: no system turn)
+    # System text of samples that bring none (None: no system turn); default: the default preset's.
+    system: str | None = PROMPT_FORMATS[DEFAULT_PROMPT_FORMAT].system_message
     cache_dir: str | None = None  # shard indexes and remote shard copies; default ~/.cache/nvlm_train/data
     samples_per_chunk: int = 4  # unit of work handed to a worker
     prefetch_factor: int = 2

@@ -128,7 +128,9 @@ def test_text_only_batches_have_empty_pixel_values(small_cfg, synth_root, tmp_pa
     loader = build_loader(small_cfg, recipe=recipe)
     batch = next(loader)
     assert batch["pixel_values"].shape == (0, 3, 28, 28)
-    n = len(loader.tokenizer.encode(format_chatml([("user", "hi"), ("assistant", "yo")])))
+    # the default: the nvlm_d preset with its system message
+    text = format_chatml([("user", "hi"), ("assistant", "yo")], system="Answer the questions.")
+    n = len(loader.tokenizer.encode(text))
     per_row = small_cfg.seq_length // n  # the 4 samples cycle (next epoch), packed greedily
     assert batch["num_samples"].tolist() == [per_row, per_row]
     assert batch["seq_boundaries"][0].tolist() == [i * n for i in range(per_row + 1)] + [small_cfg.seq_length]
