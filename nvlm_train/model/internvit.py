@@ -9,6 +9,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nvlm_train.config.model import VisionConfig
 from nvlm_train.data.tiling import normalize_pixels
+from nvlm_train.model.megatron_quirks import no_unknown_mlp_warning
 from nvlm_train.model.specs import internvit_layer_spec
 
 
@@ -31,12 +32,13 @@ class InternViT(MegatronModule):
         self.position_embedding = torch.nn.Parameter(
             torch.zeros(1, 1 + self.num_patches, c, dtype=config.params_dtype)
         )
-        self.decoder = TransformerBlock(
-            config=config,
-            spec=internvit_layer_spec(impl, vision.num_attention_heads, vision.layerscale_init),
-            pre_process=True,
-            post_process=False,
-        )
+        with no_unknown_mlp_warning():  # LayerScaledMLP is an MLP; megatron 0.16 warns per layer
+            self.decoder = TransformerBlock(
+                config=config,
+                spec=internvit_layer_spec(impl, vision.num_attention_heads, vision.layerscale_init),
+                pre_process=True,
+                post_process=False,
+            )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: [n, 3, H, W], uint8 from the data pipeline or already-normalised floats
