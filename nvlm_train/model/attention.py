@@ -116,6 +116,7 @@ class SDPAttention(MegatronModule):
         index = p.real_index
         if index is not None:
             q, k, v = (x.index_select(0, index) for x in (q, k, v))  # [n_real, heads, hn]
+        q, k, v = (x.contiguous() for x in (q, k, v))  # flash wants dense [t, heads, hn]
         longest = p.max_real
         out = varlen_attn(q, k, v, p.cu_seqlens_q, p.cu_seqlens_kv, longest, longest, scale=self.softmax_scale,
                           window_size=(-1, 0) if causal else (-1, -1), enable_gqa=q.shape[1] != k.shape[1])
