@@ -40,6 +40,12 @@ def _segments(p: PackedSeqParams) -> tuple[tuple[int, int], ...]:
     return tuple((starts[i], cu[i + 1] - cu[i]) for i in range(len(cu) - 1))
 
 
+def _varlen_applies(q: torch.Tensor, p: PackedSeqParams, dropout: float) -> bool:
+    """varlen_attn runs flash kernels: CUDA, half precision, no dropout, and our padding tables."""
+    return (varlen_attn is not None and isinstance(p, PackedRows) and q.is_cuda and q.dtype in _VARLEN_DTYPES
+            and dropout == 0)
+
+
 class SDPAttention(MegatronModule):
     def __init__(
         self,
@@ -96,8 +102,7 @@ class SDPAttention(MegatronModule):
     def _packed(self, q, k, v, p: PackedSeqParams, causal: bool) -> torch.Tensor:
         t, np_, hn = q.shape
         dropout = self.dropout_p if self.training else 0.0
-        if (varlen_attn is not None and isinstance(p, PackedRows) and q.is_cuda and q.dtype in _VARLEN_DTYPES
-                and dropout == 0):
+        if _varlen_applies(q, p, dropout):
             return self._varlen(q, k, v, p, causal).reshape(t, np_ * hn)
         pieces, cursor = [], 0
         for start, length in _segments(p):

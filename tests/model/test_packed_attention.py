@@ -333,3 +333,39 @@ def test_packed_attention_bench_smoke():
         ("smoke_gqa", 96), ("smoke_gqa", 160), ("smoke_mqa", 96), ("smoke_mqa", 160)}
     for row in r["bench"]:
         assert all(row[f"{m}_fwd_bwd_ms"] > 0 for m in ("dense", "varlen", "causal"))
+
+
+def test_varlen_route_gathers_real_tokens_and_scatters_zeros(monkeypatch):
+    """The CUDA varlen route's bookkeeping, on the CPU: ``varlen_attn`` is replaced by a reference that
+    checks what it is handed (compacted real tokens, cu_seqlens, causal window, GQA) and computes
+    per sequence; the result must equal the per-sample SDPA route, with zeros on padding."""
+    import torch.nn.functional as F
+    from megatron.core.transformer.enums import AttnMaskType
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from nvlm_train.model import attention
+    from nvlm_train.model.packing import packed_rows
+
+    calls = []
+
+    def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable_gqa):
+        calls.append((q.shape[0], cu_q.tolist(), cu_k.tolist(), max_q, max_k, window_size, enable_gqa))
+        cu = cu_q.tolist()
+        return torch.cat([F.scaled_dot_product_attention(
+            *(x[a:b].transpose(0, 1) for x in (q, k, v)), is_causal=window_size == (-1, 0), scale=scale,
+            enable_gqa=enable_gqa).transpose(0, 1) for a, b in zip(cu[:-1], cu[1:])])
+
+    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, num_query_groups=2, kv_channels=16,
+                            attention_dropout=0.0,
+                            tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    attn = attention.SDPAttention(cfg, 1, AttnMaskType.causal, "self")
+    p = packed_rows(torch.tensor([[0, 4, 7, 10], [0, 6, 10, 10]]), torch.tensor([2, 2]), 2, 10)
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(20, h, 16, generator=gen) for h in (4, 2, 2))
+    per_sample = attn(q, k, v, None, packed_seq_params=p)  # [t, heads * hd]
+    monkeypatch.setattr(attention, "varlen_attn", reference_varlen)
+    monkeypatch.setattr(attention, "_varlen_applies", lambda q, p, dropout: True)
+    varlen = attn(q, k, v, None, packed_seq_params=p)
+    assert calls == [(17, [0, 4, 7, 13, 17], [0, 4, 7, 13, 17], 6, 6, (-1, 0), True)]
+    assert torch.allclose(varlen, per_sample, atol=1e-6) and varlen.shape == (20, 64)
+    assert (varlen[7:10] == 0).all() and (per_sample[7:10] == 0).all()
