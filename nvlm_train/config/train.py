@@ -15,6 +15,8 @@ from omegaconf import MISSING
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.data.images import DEFAULT_MAX_PIXELS
+from nvlm_train.data.shards import DEFAULT_MAX_MEMBER_BYTES
 from nvlm_train.hf.conversation import PROMPT_FORMATS
 
 
@@ -79,6 +81,11 @@ class DataSection:
     # System text of samples that bring none: "preset" (the format's own), null (none) or the text.
     system_prompt: str | None = "preset"
     packing: bool = True
+    # Bad data is skipped and counted; these bound what is read and how much bad data a run accepts.
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression_bomb
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # larger tar members are skipped unread (oversized_member)
+    max_skip_fraction: float = 0.1  # stop when more of the last skip_window samples were skipped; 1.0: never
+    skip_window: int = 1000
     num_workers: int = 0
     # Where tiles are cut: "worker" (PIL in the data workers), "device" (workers only decode; the
     # training GPU resizes with Pillow's exact arithmetic), "auto" (device on CUDA, else worker).
@@ -131,6 +138,11 @@ class TrainConfig:
         if self.data.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"data.prompt_format={self.data.prompt_format!r}: use one of "
                               f"{', '.join(sorted(PROMPT_FORMATS))}")
+        if not 0.0 < self.data.max_skip_fraction <= 1.0:
+            raise ConfigError(f"data.max_skip_fraction={self.data.max_skip_fraction} must be in (0, 1] (1: never stop)")
+        for key in ("max_image_pixels", "max_member_bytes", "skip_window"):
+            if getattr(self.data, key) < 1:
+                raise ConfigError(f"data.{key}={getattr(self.data, key)} must be >= 1")
         if t.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision={t.precision!r}: use auto, bf16 or fp32")
         if self.optimizer.decay_style not in ("cosine", "linear", "constant"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 
 log = logging.getLogger("nvlm_train.data")
 
@@ -20,9 +20,13 @@ SPECIAL_TOKEN_IN_TEXT = "special_token_in_text"
 NO_TEXT = "no_text"
 READ_ERROR = "read_error"
 INTERNAL_ERROR = "internal_error"
+# Per-sample reasons found when a shard is indexed (counted once per sample left out).
+UNSAFE_MEMBER = "unsafe_member"  # a link, a special file, or a path that escapes (../, absolute)
+DUPLICATE_KEY = "duplicate_key"  # a key that repeats within a shard (the first sample is kept)
+OVERSIZED_MEMBER = "oversized_member"  # a member over data.max_member_bytes (not read into memory)
+TRUNCATED_SHARD = "truncated_shard"  # the sample a shard's early end cut (or the shard, if none can be named)
 # Per-shard reasons (counted once per shard when it is indexed).
 UNREADABLE_SHARD = "unreadable_shard"
-TRUNCATED_SHARD = "truncated_shard"
 EMPTY_SHARD = "empty_shard"
 
 
@@ -51,3 +55,40 @@ class RateLimitedWarner:
             self._last[reason] = now
             log.warning("skipping sample %s in %s: %s%s (%d skipped for this reason so far)",
                         key or "-", shard, reason, f" ({message})" if message else "", n)
+
+
+class DataQualityError(RuntimeError):
+    """Too large a share of the recent samples was skipped: the data, not the run, needs fixing."""
+
+
+class SkipPolicy:
+    """Rolling window over the samples a loader consumed: ``exceeded()`` says why the run should stop
+    once more than ``max_fraction`` of the last ``window`` samples were skipped (checked on a full window
+    only, so a few bad samples at the start do not stop a run)."""
+
+    def __init__(self, max_fraction: float, window: int):
+        self.max_fraction, self.window = max_fraction, window
+        self._recent: deque[tuple[str, str] | None] = deque(maxlen=window)
+        self._bad: Counter[tuple[str, str]] = Counter()
+
+    def record(self, dataset: str | None, reason: str | None) -> None:
+        """One consumed sample: skipped for ``reason`` in ``dataset``, or used (both None)."""
+        if len(self._recent) == self.window:
+            old = self._recent[0]
+            if old is not None:
+                self._bad[old] -= 1
+        item = (dataset, reason) if reason is not None else None
+        self._recent.append(item)
+        if item is not None:
+            self._bad[item] += 1
+
+    def exceeded(self) -> str | None:
+        if len(self._recent) < self.window or self.max_fraction >= 1.0:
+            return None
+        bad = sum(self._bad.values())
+        if bad <= self.max_fraction * self.window:
+            return None
+        worst = ", ".join(f"{d}: {r} x{n}" for (d, r), n in self._bad.most_common() if n > 0)
+        return (f"{bad} of the last {self.window} samples were skipped ({bad / self.window:.0%}, more than "
+                f"data.max_skip_fraction={self.max_fraction:g}): {worst}. Fix or remove these datasets, or raise "
+                f"data.max_skip_fraction")

@@ -23,7 +23,7 @@ import torch
 
 from nvlm_train.data import errors
 from nvlm_train.data.encode import EncodedSample, EncodeOptions, encode_conversation
-from nvlm_train.data.errors import RateLimitedWarner, SampleError
+from nvlm_train.data.errors import RateLimitedWarner, SampleError, SkipPolicy
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS
 from nvlm_train.data.order import BlendOrder, SequentialOrder, rank_position
 from nvlm_train.data.packing import collate, row_fits
@@ -31,7 +31,15 @@ from nvlm_train.data.path_report import DataPathError, no_data_message
 from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS, get_prompt_format
 from nvlm_train.data.recipe import DatasetSpec, Recipe, load_recipe
 from nvlm_train.data.samples import parse_sample
-from nvlm_train.data.shards import ShardIndex, ShardReader, default_cache_dir, expand_paths, index_shard, materialize
+from nvlm_train.data.shards import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    ShardIndex,
+    ShardReader,
+    default_cache_dir,
+    expand_paths,
+    index_shard,
+    materialize,
+)
 from nvlm_train.data.tokenizer import TextTokenizer, build_demo_tokenizer
 
 STATE_VERSION = 1
@@ -54,7 +62,12 @@ class DataConfig:
     num_workers: int = 0
     seed: int = 0
     single_pass: bool = False  # one ordered pass over every sample, then StopIteration (eval, stats)
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are skipped as decompression_bomb
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES  # larger tar members are skipped unread
+    # Stop (DataQualityError) when more than this fraction of the last ``skip_window`` samples a rank
+    # consumed was skipped: training on a trickle of good data is a failure, not a run. 1.0: never.
+    max_skip_fraction: float = 0.1
+    skip_window: int = 1000
     tile_on_device: bool = False  # batches carry decoded images; the trainer cuts tiles on its device
     prompt_format: str = DEFAULT_PROMPT_FORMAT  # a preset of ``hf.conversation.PROMPT_FORMATS``
     # System text of samples that bring none (None: no system turn); default: the default preset's.
@@ -72,6 +85,9 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
         get_prompt_format(self.prompt_format)
+        if not 0.0 < self.max_skip_fraction <= 1.0 or self.skip_window < 1:
+            raise ValueError(f"DataConfig.max_skip_fraction must be in (0, 1] and skip_window >= 1, got "
+                             f"{self.max_skip_fraction}, {self.skip_window}")
 
 
 @dataclass
@@ -80,6 +96,7 @@ class Skip:
     shard: str
     key: str
     message: str = ""
+    dataset: str = "?"
 
 
 @dataclass
@@ -99,8 +116,10 @@ class DatasetSource:
 
 
 def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | None = None,
-                 indexes: dict[str, ShardIndex] | None = None) -> tuple[list[DatasetSource], Counter]:
-    """Index every shard of every dataset; shard problems are counted (and warned), never fatal here.
+                 indexes: dict[str, ShardIndex] | None = None,
+                 max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tuple[list[DatasetSource], Counter]:
+    """Index every shard of every dataset; shard problems and the samples indexing left out are counted
+    by (dataset, reason) (and warned), never fatal here.
 
     ``indexes``, if given, receives every shard's index by path (for the report when nothing is readable).
     """
@@ -114,18 +133,30 @@ def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | No
             except Exception as e:  # a remote shard that cannot be fetched is an unreadable shard
                 idx = ShardIndex(url, problem=errors.UNREADABLE_SHARD, message=f"{type(e).__name__}: {e}")
             else:
-                idx = index_shard(path, cache_dir)
+                idx = index_shard(path, cache_dir, max_member_bytes)
             if indexes is not None:
                 indexes[url] = idx
             if idx.problem:
-                problems[idx.problem] += 1
+                problems[spec.name, idx.problem] += 1
                 if warner:
                     warner.warn(idx.problem, url, "", idx.message)
+            for reason, n in idx.skips.items():
+                problems[spec.name, reason] += n
+                if warner:
+                    warner.warn(reason, url, "", f"{n} sample(s) left out when indexing; {idx.message}".rstrip("; "))
             if len(idx):
                 shards.append(idx)
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in shards])]).astype(np.int64)
         sources.append(DatasetSource(spec, shards, offsets))
     return sources, problems
+
+
+def _by_reason(counts: Counter) -> Counter:
+    """(dataset, reason) -> n  to  reason -> n."""
+    out: Counter = Counter()
+    for (_, reason), n in counts.items():
+        out[reason] += n
+    return out
 
 
 def _wanted(ext: str) -> bool:
@@ -176,12 +207,16 @@ class SampleProcessor:
             try:
                 raw = self.reader.read(shard.path, members)
             except OSError as e:
-                return Skip(errors.READ_ERROR, shard_path, key, str(e))
-            conv = parse_sample(raw, self.sources[d].spec.sample_options)
-            return encode_conversation(conv, self.tokenizer, self.encode_opts[d])
-        except SampleError as e:
-            return Skip(e.reason, shard_path, key, e.message)
-        except Exception as e:  # a bug or an unforeseen input: count it, never kill the run
+                return Skip(errors.READ_ERROR, shard_path, key, str(e), self.sources[d].spec.name)
+            try:
+                conv = parse_sample(raw, self.sources[d].spec.sample_options)
+                return encode_conversation(conv, self.tokenizer, self.encode_opts[d])
+            except SampleError as e:
+                return Skip(e.reason, shard_path, key, e.message, self.sources[d].spec.name)
+            except Exception as e:  # a bug or an unforeseen input: count it, never kill the run
+                return Skip(errors.INTERNAL_ERROR, shard_path, key, f"{type(e).__name__}: {e}",
+                            self.sources[d].spec.name)
+        except Exception as e:
             return Skip(errors.INTERNAL_ERROR, shard_path, key, f"{type(e).__name__}: {e}")
 
 
@@ -226,7 +261,7 @@ class MultimodalLoader:
         self.warner = RateLimitedWarner()
         cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         indexes: dict[str, ShardIndex] = {}
-        sources, self.shard_problems = index_recipe(self.recipe, cache, self.warner, indexes)
+        sources, self.index_skips = index_recipe(self.recipe, cache, self.warner, indexes, cfg.max_member_bytes)
         usable = [s for s in sources if len(s)]
         for s in sources:
             if not len(s):
@@ -238,7 +273,8 @@ class MultimodalLoader:
         self.processor = SampleProcessor(cfg, usable, tok_dir, dp_rank, dp_size)
         self.tokenizer = self.processor.tokenizer
         self._cursor = 0
-        self._sample_skips: Counter = Counter()
+        self._sample_skips: Counter = Counter()  # (dataset, reason) -> samples skipped while loading
+        self.policy = SkipPolicy(cfg.max_skip_fraction, cfg.skip_window)
         self._batches = 0
         self._stream: Iterator | None = None
         self._dl_iter = None
@@ -247,9 +283,22 @@ class MultimodalLoader:
 
     # -- state -------------------------------------------------------------------------------------
     @property
+    def shard_problems(self) -> Counter:
+        """reason -> count of what indexing found (shard problems and samples it left out)."""
+        return _by_reason(self.index_skips)
+
+    @property
     def skipped(self) -> dict[str, int]:
-        """reason -> count: skipped samples in yielded batches so far plus shard-level problems."""
-        return dict(self._sample_skips + self.shard_problems)
+        """reason -> count: skipped samples in yielded batches so far plus what indexing left out."""
+        return dict(_by_reason(self._sample_skips + self.index_skips))
+
+    @property
+    def skipped_by_dataset(self) -> dict[str, dict[str, int]]:
+        """dataset -> reason -> count (the same counts as ``skipped``)."""
+        out: dict[str, dict[str, int]] = {}
+        for (dataset, reason), n in sorted((self._sample_skips + self.index_skips).items()):
+            out.setdefault(dataset, {})[reason] = n
+        return out
 
     def _fingerprint(self) -> dict:
         c = asdict(self.cfg)
@@ -261,7 +310,9 @@ class MultimodalLoader:
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "cursor": self._cursor, "batches": self._batches,
-                "skipped": dict(self._sample_skips), "config": self._fingerprint()}
+                "skipped": dict(_by_reason(self._sample_skips)),
+                "skipped_by_dataset": [[d, r, n] for (d, r), n in sorted(self._sample_skips.items())],
+                "config": self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
@@ -272,7 +323,10 @@ class MultimodalLoader:
             raise ValueError(f"data loader state was saved with a different configuration (saved, now): {diff}")
         self.close()
         self._cursor, self._batches = int(state["cursor"]), int(state["batches"])
-        self._sample_skips = Counter(state["skipped"])
+        if "skipped_by_dataset" in state:
+            self._sample_skips = Counter({(d, r): n for d, r, n in state["skipped_by_dataset"]})
+        else:  # saved before per-dataset counts
+            self._sample_skips = Counter({("?", r): n for r, n in state["skipped"].items()})
 
     # -- iteration ---------------------------------------------------------------------------------
     def _open_stream(self) -> Iterator[tuple[int, EncodedSample | Skip]]:
@@ -296,8 +350,10 @@ class MultimodalLoader:
             self._stream = self._open_stream()
         for j, res in self._stream:
             self._next_j = j + 1
-            if isinstance(res, Skip):
-                self._sample_skips[res.reason] += 1
+            skip = res if isinstance(res, Skip) else None
+            self.policy.record(skip.dataset if skip else None, skip.reason if skip else None)
+            if skip is not None:
+                self._sample_skips[res.dataset, res.reason] += 1
                 self.warner.warn(res.reason, res.shard, res.key, res.message)
                 continue
             self._pending = (j, res)

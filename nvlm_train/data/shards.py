@@ -19,9 +19,17 @@ from pathlib import Path
 
 import braceexpand
 
-from nvlm_train.data.errors import EMPTY_SHARD, TRUNCATED_SHARD, UNREADABLE_SHARD
+from nvlm_train.data.errors import (
+    DUPLICATE_KEY,
+    EMPTY_SHARD,
+    OVERSIZED_MEMBER,
+    TRUNCATED_SHARD,
+    UNREADABLE_SHARD,
+    UNSAFE_MEMBER,
+)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+DEFAULT_MAX_MEMBER_BYTES = 256 * 1024**2  # one member (an image, a JSON) larger than this is left out
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 
@@ -77,51 +85,140 @@ def materialize(url: str, cache_dir: Path) -> str:
 
 @dataclass
 class ShardIndex:
-    """Samples of one shard in file order: key -> {ext: (offset, size)}; ``problem`` is a shard reason."""
+    """Samples of one shard in file order: key -> {ext: (offset, size)}.
+
+    ``problem`` is a shard-level reason (unreadable, truncated, empty); ``skips`` counts, by reason, the
+    samples that indexing already had to leave out (unsafe members, repeated keys, oversized members,
+    the sample a truncation cut).
+    """
 
     path: str
     keys: list[str] = field(default_factory=list)
     members: list[dict[str, tuple[int, int]]] = field(default_factory=list)
     problem: str | None = None
     message: str = ""
+    skips: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
-def _scan(path: str) -> ShardIndex:
+def _unsafe(m: tarfile.TarInfo) -> str | None:
+    """Why a member must not be used: a link or special file, or a path that leaves the shard."""
+    if m.issym() or m.islnk():
+        return f"{m.name} is a link"
+    if not m.isfile():
+        return None if m.isdir() else f"{m.name} is not a regular file"
+    parts = m.name.replace("\\", "/").split("/")
+    if m.name.startswith("/") or ".." in parts:
+        return f"{m.name} escapes the shard"
+    return None
+
+
+def _cut_header(path: str, offset: int, size: int) -> tuple[bool, str | None]:
+    """(whether a member header starts at ``offset`` and is cut off by the end of the file, its name if
+    the name field survived). Zero bytes there are end-of-archive padding, not a header."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        raw = f.read(min(512, size - offset))
+    if not raw.strip(b"\0"):
+        return False, None
+    name = raw[:100].split(b"\0", 1)[0].decode("utf-8", "replace") if len(raw) >= 100 else ""
+    return True, name or None
+
+
+class _Grouper:
+    """Members -> samples in file order, webdataset's way (consecutive members with one key), leaving out
+    and counting what cannot be used. Only complete samples end up in ``groups``."""
+
+    def __init__(self, max_member_bytes: int):
+        self.max_member_bytes = max_member_bytes
+        self.groups: dict[str, dict[str, tuple[int, int]]] = {}
+        self.bad: set[str] = set()  # keys of samples left out
+        self.skips: dict[str, int] = {}
+        self.last_key: str | None = None
+
+    def _skip(self, key: str, reason: str) -> None:
+        if key in self.bad:
+            return
+        self.bad.add(key)
+        self.groups.pop(key, None)
+        self.skips[reason] = self.skips.get(reason, 0) + 1  # one per sample left out
+
+    def add(self, m: tarfile.TarInfo) -> None:
+        kv = split_key(m.name)
+        key = kv[0] if kv else m.name
+        if _unsafe(m):
+            self._skip(key, UNSAFE_MEMBER)
+            self.last_key = key
+            return
+        if not m.isfile() or kv is None:
+            return
+        ext = kv[1]
+        if key != self.last_key and (key in self.groups or key in self.bad):
+            # the key came back after another sample: webdataset would yield two samples with one key
+            if key in self.groups:
+                self.skips[DUPLICATE_KEY] = self.skips.get(DUPLICATE_KEY, 0) + 1
+                self.bad.add(key)  # the first one is kept; later members under this key are dropped
+            self.last_key = key
+            return
+        self.last_key = key
+        if key in self.bad:
+            return
+        if m.size > self.max_member_bytes:
+            self._skip(key, OVERSIZED_MEMBER)
+            return
+        group = self.groups.setdefault(key, {})
+        if ext in group:
+            self._skip(key, DUPLICATE_KEY)
+            return
+        group[ext] = (m.offset_data, m.size)
+
+    def cut(self, key: str | None, member_cut: bool = True) -> None:
+        """The file ends inside sample ``key``; None: the sample is not known. ``member_cut``: a member
+        was cut off (its data or its header), so some sample is incomplete; else the file ends between
+        members, and only a last sample that lacks members its predecessor has is taken as cut."""
+        if key is not None:
+            self._skip(key, TRUNCATED_SHARD)
+            return
+        keys = list(self.groups)
+        if len(keys) >= 2 and set(self.groups[keys[-1]]) < set(self.groups[keys[-2]]):
+            self._skip(keys[-1], TRUNCATED_SHARD)  # the last sample lost members it should have
+        elif member_cut:
+            self.skips[TRUNCATED_SHARD] = self.skips.get(TRUNCATED_SHARD, 0) + 1  # a new sample was cut
+
+
+def _scan(path: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> ShardIndex:
     idx = ShardIndex(path)
     try:
         size = os.path.getsize(path)
-        groups: dict[str, dict[str, tuple[int, int]]] = {}
-        truncated = False
+        grouper = _Grouper(max_member_bytes)
         try:
             with tarfile.open(path, "r:") as tar:
                 for m in tar:
-                    if not m.isfile():
-                        continue
-                    if m.offset_data + m.size > size:
-                        truncated = True
+                    if m.offset_data + m.size > size:  # cut inside this member's data
+                        kv = split_key(m.name)
+                        grouper.cut(kv[0] if kv else m.name)
+                        idx.message = f"ends inside {m.name}"
                         break
-                    kv = split_key(m.name)
-                    if kv is None:
-                        continue
-                    groups.setdefault(kv[0], {})[kv[1]] = (m.offset_data, m.size)
-                # tarfile stops silently at a cut-off header; a complete archive ends with two zero blocks.
-                if not truncated and size < tar.offset + 1024:
-                    truncated, idx.message = True, "missing end-of-archive blocks"
+                    grouper.add(m)
+                else:
+                    # tarfile stops silently at a cut-off header; a complete archive ends with two zero blocks.
+                    if size < tar.offset + 1024:
+                        member_cut, name = _cut_header(path, tar.offset, size)
+                        kv = split_key(name) if name else None
+                        grouper.cut(kv[0] if kv else name, member_cut)
+                        idx.message = (f"ends inside the header of {name or 'a member'}" if member_cut
+                                       else "ends between members (no end-of-archive blocks)")
         except (tarfile.ReadError, EOFError) as e:
-            if not groups:
+            if not grouper.groups and not grouper.skips:
                 raise
-            truncated, idx.message = True, str(e)
-        if truncated:
-            # The last sample may be missing members that were cut off: drop it rather than guess.
-            if groups:
-                groups.popitem()
-            idx.problem = TRUNCATED_SHARD
-        idx.keys = list(groups)
-        idx.members = [groups[k] for k in idx.keys]
-        if not idx.keys and idx.problem is None:
+            grouper.cut(None)  # an unreadable header: from here on the shard cannot be read
+            idx.message = str(e)
+        idx.keys = list(grouper.groups)
+        idx.members = [grouper.groups[k] for k in idx.keys]
+        idx.skips = grouper.skips
+        if not idx.keys and not idx.skips:
             idx.problem = EMPTY_SHARD
     except (OSError, tarfile.TarError, EOFError) as e:
         idx.problem, idx.message = UNREADABLE_SHARD, f"{type(e).__name__}: {e}"
@@ -130,27 +227,28 @@ def _scan(path: str) -> ShardIndex:
     return idx
 
 
-def index_shard(path: str, cache_dir: Path | None = None) -> ShardIndex:
-    """Index a local shard, reusing a cached index keyed by path, size and mtime."""
+def index_shard(path: str, cache_dir: Path | None = None,
+                max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> ShardIndex:
+    """Index a local shard, reusing a cached index keyed by path, size, mtime and the member limit."""
     cache_file = None
     if cache_dir is not None:
         try:
             st = os.stat(path)
-            tag = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{INDEX_VERSION}"
+            tag = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{INDEX_VERSION}|{max_member_bytes}"
             cache_file = cache_dir / "index" / (hashlib.sha1(tag.encode()).hexdigest()[:20] + ".json")
             if cache_file.is_file():
                 d = json.loads(cache_file.read_text())
                 members = [{e: tuple(v) for e, v in m.items()} for m in d["members"]]
-                return ShardIndex(path, d["keys"], members, d["problem"], d["message"])
+                return ShardIndex(path, d["keys"], members, d["problem"], d["message"], d["skips"])
         except (OSError, ValueError, KeyError):
             cache_file = None
-    idx = _scan(path)
+    idx = _scan(path, max_member_bytes)
     if cache_file is not None and idx.problem != UNREADABLE_SHARD:
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(json.dumps({"keys": idx.keys, "members": idx.members, "problem": idx.problem,
-                                       "message": idx.message}))
+                                       "message": idx.message, "skips": idx.skips}))
             tmp.replace(cache_file)
         except OSError:
             pass

@@ -17,11 +17,27 @@ class PipelineStats:
     tiles: int = 0
     tokens: int = 0
     target_tokens: int = 0
-    skipped: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)  # (dataset, reason) -> skipped samples (or shards)
+
+    @property
+    def skipped(self) -> Counter:
+        """reason -> count."""
+        out: Counter = Counter()
+        for (_, reason), n in self.counts.items():
+            out[reason] += n
+        return out
+
+    @property
+    def skipped_by_dataset(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (dataset, reason), n in sorted(self.counts.items()):
+            out.setdefault(dataset, {})[reason] = n
+        return out
 
     def as_dict(self) -> dict:
         return {"samples": self.samples, "tiles": self.tiles, "tokens": self.tokens,
-                "target_tokens": self.target_tokens, "skipped": dict(sorted(self.skipped.items()))}
+                "target_tokens": self.target_tokens, "skipped": dict(sorted(self.skipped.items())),
+                "skipped_by_dataset": self.skipped_by_dataset}
 
 
 def shard_stats(shards: list[str], cfg: DataConfig, progress: Callable[[int], None] | None = None,
@@ -38,15 +54,15 @@ def shard_stats(shards: list[str], cfg: DataConfig, progress: Callable[[int], No
         from nvlm_train.data.shards import default_cache_dir
 
         cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-        _, problems = index_recipe(recipe, cache)
-        stats.skipped.update(problems)
+        _, problems = index_recipe(recipe, cache, max_member_bytes=cfg.max_member_bytes)
+        stats.counts.update(problems)
         return stats
-    stats.skipped.update(loader.shard_problems)
+    stats.counts.update(loader.index_skips)
     proc = loader.processor
     for j in range(proc.length or 0):
         res = proc(j)
         if isinstance(res, Skip):
-            stats.skipped[res.reason] += 1
+            stats.counts[res.dataset, res.reason] += 1
             loader.warner.warn(res.reason, res.shard, res.key, res.message)
         else:
             stats.samples += 1

@@ -70,6 +70,10 @@ def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pas
         single_pass=single_pass,
         cache_dir=d.cache_dir,
         tile_on_device=tile_on_device(cfg),
+        max_image_pixels=d.max_image_pixels,
+        max_member_bytes=d.max_member_bytes,
+        max_skip_fraction=d.max_skip_fraction,
+        skip_window=d.skip_window,
         prompt_format=d.prompt_format,
         system=resolve_system(get_prompt_format(d.prompt_format), d.system_prompt),
     )

@@ -21,6 +21,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
+from nvlm_train.data.errors import DataQualityError
 from nvlm_train.data.packing import batch_tiles
 from nvlm_train.data.path_report import DataPathError
 from nvlm_train.data.prompt import saved_prompt
@@ -139,6 +140,14 @@ class Trainer:
                 f"{folder} was trained with prompt format {saved[0]!r} and system message {saved[1]!r}, but this "
                 f"run has data.prompt_format={now[0]!r} and system message {now[1]!r}; resume with the checkpoint's "
                 f"settings, or start a new run.dir (checkpoint.init_from=...) to train with another prompt")
+
+    def _check_data_quality(self) -> None:
+        """Every rank stops together when any rank's recent samples were mostly skipped (collective)."""
+        problem = self.loader.policy.exceeded()
+        if _all_reduce([1.0 if problem else 0.0], op=dist.ReduceOp.MAX)[0] > 0:
+            if problem and not self.rank0:
+                print(f"nvlm-train: data-parallel rank {self.dp_rank}: {problem}", file=sys.stderr, flush=True)
+            raise DataQualityError(problem or "another data-parallel rank skipped too many samples (see above)")
 
     def _restore(self) -> None:
         latest = ckpt.latest_iteration(self.ckpt_root)
@@ -261,6 +270,7 @@ class Trainer:
             "step_time_s": dt,
             "consumed_samples": self.state.consumed_samples,
             "skipped_samples": self.loader.skipped,
+            "skipped_by_dataset": self.loader.skipped_by_dataset,
             "skipped_steps": self.state.skipped_steps,
         }
 
@@ -288,6 +298,8 @@ class Trainer:
                 if record is not None:
                     self.metrics.log(record)
                     self.metrics.console(record)
+                if it % cfg.log_interval == 0:
+                    self._check_data_quality()
                 if cfg.save_interval and it % cfg.save_interval == 0:
                     self.save()
                     saved_at = it
@@ -324,7 +336,7 @@ def run_training(cfg: TrainConfig, config_yaml: str) -> int:
         try:
             trainer = Trainer(cfg, config_yaml, on_cpu)
             return trainer.run()
-        except (ConfigError, ckpt.CheckpointError, NonFiniteError, DataPathError, RecipeError) as exc:
+        except (ConfigError, ckpt.CheckpointError, NonFiniteError, DataPathError, RecipeError, DataQualityError) as exc:
             if dist.get_rank() == 0:  # every rank finds the same problem; say it once
                 print(f"nvlm-train: {exc}", file=sys.stderr)
             return 2

@@ -42,7 +42,8 @@ def test_stats_exits_zero_with_skips(tmp_path, capsys):
     assert main(["stats", shard, str(tmp_path / "missing.tar"), *SMALL, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats == {"samples": 1, "tiles": 1, "tokens": stats["tokens"], "target_tokens": 2,
-                     "skipped": {"bad_json": 1, "unreadable_shard": 1}}
+                     "skipped": {"bad_json": 1, "unreadable_shard": 1},
+                     "skipped_by_dataset": {"shards": {"bad_json": 1, "unreadable_shard": 1}}}
 
 
 def test_inspect_prints_token_view_and_writes_contact_sheet(tmp_path, capsys):
@@ -87,4 +88,5 @@ def test_stats_on_nothing_readable_still_reports(tmp_path, capsys):
     assert main(["stats", str(tmp_path / "zero.tar"), str(tmp_path / "gone.tar"), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert stats == {"samples": 0, "tiles": 0, "tokens": 0, "target_tokens": 0,
-                     "skipped": {"empty_shard": 1, "unreadable_shard": 1}}
+                     "skipped": {"empty_shard": 1, "unreadable_shard": 1},
+                     "skipped_by_dataset": {"shards": {"empty_shard": 1, "unreadable_shard": 1}}}
