@@ -166,3 +166,13 @@ def test_skip_policy_window():
     assert msg == ("2 of the last 4 samples were skipped (50%, more than data.max_skip_fraction=0.25): "
                    "d: too_long x2. Fix or remove these datasets, or raise data.max_skip_fraction")
     assert issubclass(DataQualityError, RuntimeError)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_permission_denied_is_an_unreadable_shard(tmp_path, three):
+    locked = tmp_path / "locked.tar"
+    locked.write_bytes(open(three, "rb").read())
+    locked.chmod(0)
+    idx = index_shard(str(locked))
+    assert (idx.problem, idx.keys) == ("unreadable_shard", [])
+    assert "Permission" in idx.message
