@@ -7,6 +7,7 @@ import dataclasses
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -171,7 +172,7 @@ def test_skip_policy_window():
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
 def test_permission_denied_is_an_unreadable_shard(tmp_path, three):
     locked = tmp_path / "locked.tar"
-    locked.write_bytes(open(three, "rb").read())
+    locked.write_bytes(Path(three).read_bytes())
     locked.chmod(0)
     idx = index_shard(str(locked))
     assert (idx.problem, idx.keys) == ("unreadable_shard", [])
