@@ -40,6 +40,7 @@ from nvlm_train.training.metrics_resume import drop_metrics_after
 from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, wrap_ddp
 from nvlm_train.training.signals import install_process_flag
 from nvlm_train.training.stop_marker import write_stop_marker
+from nvlm_train.training.wandb_guard import guard_wandb
 
 
 class NonFiniteError(RuntimeError):
@@ -117,8 +118,8 @@ class Trainer:
             dropped = drop_metrics_after(self.run_dir, self.state.iteration)  # iterations to be repeated
             if dropped:
                 self._say(f"metrics.jsonl: dropped {dropped} record(s) after iteration {self.state.iteration}")
-        self.metrics = MetricsWriter(self.run_dir, self.rank0, cfg.run.wandb_mode, cfg.run.wandb_project,
-                                     cfg.run.name, yaml.safe_load(config_yaml))
+        self.metrics = guard_wandb(MetricsWriter(self.run_dir, self.rank0, cfg.run.wandb_mode, cfg.run.wandb_project,
+                                                 cfg.run.name, yaml.safe_load(config_yaml)))
         self.peak = peak_tflops_per_gpu()
 
     # -- checkpoints ---------------------------------------------------------------------------------

@@ -105,10 +105,13 @@ def test_sigterm_to_process_group_after_periodic_saves(tmp_path, demo_cache):
     exits, the script with 0, within 60 s."""
     run_dir = tmp_path / "run"
     log = tmp_path / "torchrun.log"
+    # wandb offline (the default): its service process gets the signal too.
     cmd = ["bash", str(TORCHRUN_SH), "2", *tiny_overrides(demo_cache, **{
-        "parallel.tp": 2, "train.iters": 200, "train.save_interval": 2, "run.dir": run_dir})]
+        "parallel.tp": 2, "train.iters": 200, "train.save_interval": 2, "run.dir": run_dir,
+        "run.wandb_mode": "offline"})]
+    env = {k: v for k, v in subprocess_env().items() if k != "WANDB_MODE"}
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path,
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
                                 start_new_session=True)
     try:
         reached = wait_for_iteration(log, 5, timeout=240, proc=proc)  # periodic saves at 2 and 4 done
