@@ -67,7 +67,8 @@ STOPS = {
     "scancel_signal_term": (["scancel", "--signal=TERM", "{job}"], "COMPLETED", 1),
     "scancel_batch_usr1": (["scancel", "--batch", "--signal=USR1", "{job}"], "COMPLETED", 1),
     "scontrol_requeue": (["scontrol", "requeue", "{job}"], "COMPLETED", 1),
-    "preemption": (["sbatch", "--parsable", "--partition={urgent}", "--exclusive", "--wrap=sleep 1"], "COMPLETED", 1),
+    "preemption": (["sbatch", "--parsable", "--partition={urgent}", "--exclusive", "--output=/dev/null",
+                    "--wrap=sleep 1"], "COMPLETED", 1),
     "scancel": (["scancel", "{job}"], "CANCELLED", 0),
 }
 
