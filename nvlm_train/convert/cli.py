@@ -88,6 +88,8 @@ def _run(args: argparse.Namespace) -> int:
             max_shard_bytes=args.max_shard_size, progress=not args.no_progress, layout=args.layout))
         print(f"wrote {r.out}: {r.num_tensors} tensors in {r.num_shards} shards, "
               f"{r.bytes_written / 1e9:.3f} GB in {r.seconds:.1f} s (from {r.iteration_dir})")
+        for note in r.notes:
+            print(f"note: {note}", file=sys.stderr)
         return 0
     from nvlm_train.convert.verify import verify
 

@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.safetensors_writer import ShardedSafetensorsWriter, TensorPlan
 from nvlm_train.convert.saved_config import parse_saved_config, saved_tokenizer_dir
 from nvlm_train.convert.transforms import TRANSFORMS, Dims
-from nvlm_train.data.prompt import saved_prompt
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, saved_prompt
 from nvlm_train.hf.export_files import HFLayout, copy_modeling_files, write_chat_template, write_hf_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -58,6 +58,7 @@ class ExportReport:
     num_shards: int
     bytes_written: int
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what a user serving the export should know
 
 
 def dims_of(model: ModelConfig, vit_dummy_heads: int = 0) -> Dims:
@@ -191,5 +192,10 @@ def export_checkpoint(opts: ExportOptions) -> ExportReport:
                 if (tokenizer / name).is_file():
                     shutil.copy2(tokenizer / name, tmp / name)
             write_chat_template(tmp, *prompt)
+    notes = []
+    if prompt[0] != DEFAULT_PROMPT_FORMAT:
+        notes.append(f"this model was trained with prompt format {prompt[0]!r}: our modeling files and the "
+                     f"exported chat_template use it, but the released NVLM-D remote code always sends "
+                     f"{DEFAULT_PROMPT_FORMAT!r}'s prompt")
     return ExportReport(Path(opts.out), folder, len(plans), len(writer.names), writer.bytes_written,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, notes)

@@ -223,15 +223,16 @@ def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, ma
 
 def hf_prompt(cfg: dict) -> tuple[str, str | None]:
     """(prompt format, system text or None) an NVLM-D ``config.json`` serves with (ours or the released)."""
-    from nvlm_train.hf.conversation import TEMPLATE_FORMATS, get_prompt_format
+    from types import SimpleNamespace
 
-    name = cfg.get("prompt_format") or TEMPLATE_FORMATS.get(cfg.get("template"), "nvlm_d")
+    from nvlm_train.hf.conversation import format_for_config
+
     try:
-        fmt = get_prompt_format(name)
+        fmt, system = format_for_config(SimpleNamespace(**{k: cfg.get(k) for k in
+                                                            ("prompt_format", "system_message", "template")}))
     except ValueError as exc:
         raise ConvertError(f"config.json: {exc}") from exc
-    system = cfg.get("system_message")
-    return fmt.name, (fmt.system_message if system is None else system) or None
+    return fmt.name, system or None
 
 
 def generation_config_for(hf_config: dict, tokenizer_dir: Path | None) -> dict:

@@ -88,7 +88,28 @@ class SkipPolicy:
         bad = sum(self._bad.values())
         if bad <= self.max_fraction * self.window:
             return None
-        worst = ", ".join(f"{d}: {r} x{n}" for (d, r), n in self._bad.most_common() if n > 0)
-        return (f"{bad} of the last {self.window} samples were skipped ({bad / self.window:.0%}, more than "
-                f"data.max_skip_fraction={self.max_fraction:g}): {worst}. Fix or remove these datasets, or raise "
-                f"data.max_skip_fraction")
+        return self._message(f"{bad} of the last {self.window} samples were skipped", bad / self.window, self._bad)
+
+    def check_index(self, left_out: Counter, indexed: int) -> str | None:
+        """The same rule for what indexing left out ((dataset, reason) -> samples, unreadable shards
+        counted as samples of an average shard) against all ``indexed`` samples; only for at least a
+        window's worth of samples, like the rolling check."""
+        bad = sum(left_out.values())
+        total = indexed + bad
+        if self.max_fraction >= 1.0 or total < self.window or bad <= self.max_fraction * total:
+            return None
+        return self._message(f"indexing left out about {bad} of {total} samples", bad / total, left_out)
+
+    def _message(self, what: str, fraction: float, counts: Counter) -> str:
+        worst = ", ".join(f"{d}: {r} x{n}" for (d, r), n in counts.most_common() if n > 0)
+        return (f"{what} ({fraction:.0%}, more than data.max_skip_fraction={self.max_fraction:g}): {worst}. "
+                f"Fix or remove these datasets, or raise data.max_skip_fraction")
+
+    def state_dict(self) -> list:
+        return [list(item) if item else None for item in self._recent]
+
+    def load_state_dict(self, recent: list) -> None:
+        self._recent.clear()
+        self._bad.clear()
+        for item in recent:
+            self.record(*(item or (None, None)))

@@ -23,7 +23,7 @@ import torch
 
 from nvlm_train.data import errors
 from nvlm_train.data.encode import EncodedSample, EncodeOptions, encode_conversation
-from nvlm_train.data.errors import RateLimitedWarner, SampleError, SkipPolicy
+from nvlm_train.data.errors import DataQualityError, RateLimitedWarner, SampleError, SkipPolicy
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTS
 from nvlm_train.data.order import BlendOrder, SequentialOrder, rank_position
 from nvlm_train.data.packing import collate, row_fits
@@ -151,11 +151,30 @@ def index_recipe(recipe: Recipe, cache_dir: Path, warner: RateLimitedWarner | No
     return sources, problems
 
 
-def _by_reason(counts: Counter) -> Counter:
+def by_reason(counts: Counter) -> Counter:
     """(dataset, reason) -> n  to  reason -> n."""
     out: Counter = Counter()
     for (_, reason), n in counts.items():
         out[reason] += n
+    return out
+
+
+def by_dataset(counts: Counter) -> dict[str, dict[str, int]]:
+    """(dataset, reason) -> n  to  dataset -> reason -> n."""
+    out: dict[str, dict[str, int]] = {}
+    for (dataset, reason), n in sorted(counts.items()):
+        out.setdefault(dataset, {})[reason] = n
+    return out
+
+
+def _index_losses(index_skips: Counter, sources: list[DatasetSource]) -> Counter:
+    """(dataset, reason) -> samples indexing left out; an unreadable or empty shard counts as many
+    samples as its dataset's readable shards hold on average (1 when it has none)."""
+    out: Counter = Counter()
+    per_shard = {s.spec.name: max(1, round(len(s) / len(s.shards))) if s.shards else 1 for s in sources}
+    for (dataset, reason), n in index_skips.items():
+        shard_level = reason in (errors.UNREADABLE_SHARD, errors.EMPTY_SHARD)
+        out[dataset, reason] += n * per_shard.get(dataset, 1) if shard_level else n
     return out
 
 
@@ -269,12 +288,15 @@ class MultimodalLoader:
                                  f"dataset {s.spec.name!r} has no readable samples; left out of the blend")
         if not usable:
             raise DataPathError(no_data_message(self.recipe, cfg.data_root, indexes))
+        self.policy = SkipPolicy(cfg.max_skip_fraction, cfg.skip_window)
+        problem = self.policy.check_index(_index_losses(self.index_skips, sources), sum(len(s) for s in sources))
+        if problem:
+            raise DataQualityError(problem)
         tok_dir = cfg.tokenizer_dir or str(build_demo_tokenizer())
         self.processor = SampleProcessor(cfg, usable, tok_dir, dp_rank, dp_size)
         self.tokenizer = self.processor.tokenizer
         self._cursor = 0
         self._sample_skips: Counter = Counter()  # (dataset, reason) -> samples skipped while loading
-        self.policy = SkipPolicy(cfg.max_skip_fraction, cfg.skip_window)
         self._batches = 0
         self._stream: Iterator | None = None
         self._dl_iter = None
@@ -285,20 +307,22 @@ class MultimodalLoader:
     @property
     def shard_problems(self) -> Counter:
         """reason -> count of what indexing found (shard problems and samples it left out)."""
-        return _by_reason(self.index_skips)
+        return by_reason(self.index_skips)
+
+    @property
+    def sample_skips(self) -> Counter:
+        """(dataset, reason) -> samples this rank skipped while loading (its share of the data)."""
+        return Counter(self._sample_skips)
 
     @property
     def skipped(self) -> dict[str, int]:
         """reason -> count: skipped samples in yielded batches so far plus what indexing left out."""
-        return dict(_by_reason(self._sample_skips + self.index_skips))
+        return dict(by_reason(self._sample_skips + self.index_skips))
 
     @property
     def skipped_by_dataset(self) -> dict[str, dict[str, int]]:
         """dataset -> reason -> count (the same counts as ``skipped``)."""
-        out: dict[str, dict[str, int]] = {}
-        for (dataset, reason), n in sorted((self._sample_skips + self.index_skips).items()):
-            out.setdefault(dataset, {})[reason] = n
-        return out
+        return by_dataset(self._sample_skips + self.index_skips)
 
     def _fingerprint(self) -> dict:
         c = asdict(self.cfg)
@@ -310,8 +334,9 @@ class MultimodalLoader:
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "cursor": self._cursor, "batches": self._batches,
-                "skipped": dict(_by_reason(self._sample_skips)),
+                "skipped": dict(by_reason(self._sample_skips)),
                 "skipped_by_dataset": [[d, r, n] for (d, r), n in sorted(self._sample_skips.items())],
+                "skip_window": self.policy.state_dict(),
                 "config": self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -327,6 +352,7 @@ class MultimodalLoader:
             self._sample_skips = Counter({(d, r): n for d, r, n in state["skipped_by_dataset"]})
         else:  # saved before per-dataset counts
             self._sample_skips = Counter({("?", r): n for r, n in state["skipped"].items()})
+        self.policy.load_state_dict(state.get("skip_window", []))
 
     # -- iteration ---------------------------------------------------------------------------------
     def _open_stream(self) -> Iterator[tuple[int, EncodedSample | Skip]]:

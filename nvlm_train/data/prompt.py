@@ -17,6 +17,7 @@ from nvlm_train.hf.conversation import (
     IM_END,
     IM_START,
     IMAGE_PLACEHOLDER,
+    LEGACY_FORMAT,
     PROMPT_FORMATS,
     ROLES,
     THUMBNAIL_TAG,
@@ -51,7 +52,7 @@ def saved_prompt(data_section: dict | None) -> tuple[str, str | None]:
     """
     d = data_section or {}
     if "prompt_format" not in d:
-        return "megatron", None
+        return LEGACY_FORMAT, None
     fmt = get_prompt_format(d["prompt_format"])
     return fmt.name, resolve_system(fmt, d.get("system_prompt", PRESET_SYSTEM))
 

@@ -148,23 +148,24 @@ class _Grouper:
     def add(self, m: tarfile.TarInfo) -> None:
         kv = split_key(m.name)
         key = kv[0] if kv else m.name
-        if _unsafe(m):
-            self._skip(key, UNSAFE_MEMBER)
-            self.last_key = key
+        if m.isdir():
             return
-        if not m.isfile() or kv is None:
-            return
-        ext = kv[1]
         if key != self.last_key and (key in self.groups or key in self.bad):
-            # the key came back after another sample: webdataset would yield two samples with one key
-            if key in self.groups:
-                self.skips[DUPLICATE_KEY] = self.skips.get(DUPLICATE_KEY, 0) + 1
-                self.bad.add(key)  # the first one is kept; later members under this key are dropped
+            # The key comes back after another sample (webdataset would yield two samples with one key):
+            # counted once per repeat; the first sample is kept, the members of the repeat are dropped.
+            self.skips[DUPLICATE_KEY] = self.skips.get(DUPLICATE_KEY, 0) + 1
+            self.bad.add(key)
             self.last_key = key
             return
         self.last_key = key
         if key in self.bad:
             return
+        if _unsafe(m):
+            self._skip(key, UNSAFE_MEMBER)
+            return
+        if kv is None:
+            return
+        ext = kv[1]
         if m.size > self.max_member_bytes:
             self._skip(key, OVERSIZED_MEMBER)
             return
@@ -175,9 +176,11 @@ class _Grouper:
         group[ext] = (m.offset_data, m.size)
 
     def cut(self, key: str | None, member_cut: bool = True) -> None:
-        """The file ends inside sample ``key``; None: the sample is not known. ``member_cut``: a member
-        was cut off (its data or its header), so some sample is incomplete; else the file ends between
-        members, and only a last sample that lacks members its predecessor has is taken as cut."""
+        """The file ends (or stops being readable) inside sample ``key``; None: the sample is not known.
+        ``member_cut``: a member was cut off or is unreadable, so some sample is incomplete; else the file
+        ends between members. Without a key, a last sample that lacks members its predecessor has is
+        taken as the cut one (shards hold samples of one shape; a complete text-only sample after an
+        image sample in a mixed shard is dropped by this rule, and counted)."""
         if key is not None:
             self._skip(key, TRUNCATED_SHARD)
             return
@@ -203,9 +206,14 @@ def _scan(path: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> ShardI
                         break
                     grouper.add(m)
                 else:
-                    # tarfile stops silently at a cut-off header; a complete archive ends with two zero blocks.
-                    if size < tar.offset + 1024:
-                        member_cut, name = _cut_header(path, tar.offset, size)
+                    # tarfile stops silently at a cut-off or corrupt header; a complete archive ends with two
+                    # zero blocks.
+                    member_cut, name = _cut_header(path, tar.offset, size)
+                    if member_cut and size - tar.offset >= 512:  # a whole header that does not parse
+                        grouper.cut(None)
+                        idx.message = (f"unreadable member header at byte {tar.offset}: the {size - tar.offset} "
+                                       f"bytes from there on are skipped")
+                    elif size < tar.offset + 1024:
                         kv = split_key(name) if name else None
                         grouper.cut(kv[0] if kv else name, member_cut)
                         idx.message = (f"ends inside the header of {name or 'a member'}" if member_cut

@@ -44,7 +44,9 @@ def shard_stats(shards: list[str], cfg: DataConfig, progress: Callable[[int], No
                 kind: str = "auto") -> PipelineStats:
     """One pass over every sample of ``shards`` with ``cfg``'s tokenizer/sequence/tile settings."""
     recipe = recipe_from_paths(shards, kind=kind)
-    cfg = DataConfig(**{**cfg.__dict__, "single_pass": True, "packing": False, "num_workers": 0})
+    # a report, not a run: it counts whatever is bad and never stops on the skip fraction
+    cfg = DataConfig(**{**cfg.__dict__, "single_pass": True, "packing": False, "num_workers": 0,
+                        "max_skip_fraction": 1.0})
     stats = PipelineStats()
     try:
         loader = MultimodalLoader(cfg, recipe=recipe)

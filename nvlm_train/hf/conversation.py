@@ -45,6 +45,8 @@ PROMPT_FORMATS = {
 DEFAULT_PROMPT_FORMAT = "nvlm_d"
 # The released config.json names its conversation template; ``chatml`` is the ``nvlm_d`` preset.
 TEMPLATE_FORMATS = {"chatml": "nvlm_d"}
+# What configs and checkpoints written before presets existed were trained with.
+LEGACY_FORMAT = "megatron"
 
 
 def get_prompt_format(name):
@@ -54,10 +56,14 @@ def get_prompt_format(name):
 
 
 def format_for_config(config):
-    """(PromptFormat, system message or None) of an NVLM-D config (ours, or the released one)."""
-    name = getattr(config, "prompt_format", None) or TEMPLATE_FORMATS.get(getattr(config, "template", None))
-    fmt = get_prompt_format(name or DEFAULT_PROMPT_FORMAT)
+    """(PromptFormat, system message or None) of an NVLM-D config: ours, the released one (no prompt
+    keys: its ``template``), or one of our exports from before presets (a ``system_message`` but no
+    ``prompt_format``: they were trained with newline-separated turns, ``megatron``)."""
+    name = getattr(config, "prompt_format", None)
     system = getattr(config, "system_message", None)
+    if name is None:
+        name = LEGACY_FORMAT if system is not None else TEMPLATE_FORMATS.get(getattr(config, "template", None))
+    fmt = get_prompt_format(name or DEFAULT_PROMPT_FORMAT)
     return fmt, (fmt.system_message if system is None else system)
 
 

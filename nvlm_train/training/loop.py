@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
 from nvlm_train.data.errors import DataQualityError
+from nvlm_train.data.loader import by_dataset, by_reason
 from nvlm_train.data.packing import batch_tiles
 from nvlm_train.data.path_report import DataPathError
-from nvlm_train.data.prompt import saved_prompt
+from nvlm_train.data.prompt import get_prompt_format, saved_prompt
 from nvlm_train.data.recipe import RecipeError
 from nvlm_train.model.builder import build_model
 from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
@@ -137,10 +139,23 @@ class Trainer:
         saved = saved_prompt((yaml.safe_load(ckpt.read_saved_config(folder) or "") or {}).get("data"))
         now = saved_prompt(asdict(self.cfg.data))
         if saved != now:
+            preset = get_prompt_format(saved[0]).system_message
+            system = "null" if saved[1] is None else "preset" if saved[1] == preset else repr(saved[1])
             raise ckpt.CheckpointError(
                 f"{folder} was trained with prompt format {saved[0]!r} and system message {saved[1]!r}, but this "
-                f"run has data.prompt_format={now[0]!r} and system message {now[1]!r}; resume with the checkpoint's "
-                f"settings, or start a new run.dir (checkpoint.init_from=...) to train with another prompt")
+                f"run has data.prompt_format={now[0]!r} and system message {now[1]!r}; resume with "
+                f"data.prompt_format={saved[0]} data.system_prompt={system}, or start a new run.dir "
+                f"(checkpoint.init_from=...) to train with another prompt")
+
+    def _skip_counts(self) -> dict:
+        """Skipped samples over every data-parallel rank (collective): each rank reads its own share,
+        what indexing left out is the same on every rank and is counted once."""
+        shares: list = [None] * self.dp_size
+        dist.all_gather_object(shares, self.loader.sample_skips, group=parallel_state.get_data_parallel_group())
+        total = Counter(self.loader.index_skips)
+        for share in shares:
+            total.update(share)
+        return {"skipped_samples": dict(sorted(by_reason(total).items())), "skipped_by_dataset": by_dataset(total)}
 
     def _check_data_quality(self) -> None:
         """Every rank stops together when any rank's recent samples were mostly skipped (collective)."""
@@ -270,8 +285,7 @@ class Trainer:
             "memory_gb": memory_gb(),
             "step_time_s": dt,
             "consumed_samples": self.state.consumed_samples,
-            "skipped_samples": self.loader.skipped,
-            "skipped_by_dataset": self.loader.skipped_by_dataset,
+            **self._skip_counts(),
             "skipped_steps": self.state.skipped_steps,
         }
 

@@ -91,6 +91,33 @@ def test_truncated_shard_keeps_every_complete_sample(three, tmp_path, where, kep
     assert idx.problem is None
 
 
+def test_corrupt_header_mid_shard_is_counted(three, tmp_path):
+    """A header that does not parse, in the middle of the file: what comes before is kept, the loss counted."""
+    header = _offsets(three)["s1.json"][0]
+    data = bytearray(Path(three).read_bytes())
+    data[header:header + 512] = bytes(range(256)) * 2
+    bad = tmp_path / "corrupt.tar"
+    bad.write_bytes(bytes(data))
+    idx = index_shard(str(bad))
+    assert idx.keys == ["s0"]
+    assert idx.skips == {"truncated_shard": 1}
+    assert f"unreadable member header at byte {header}" in idx.message
+
+
+def test_repeated_keys_after_a_skip_or_with_an_unsafe_member(tmp_path):
+    shard = _tar(tmp_path / "repeat.tar", [
+        _member("a.json", _json(0)), _member("a.png", PNG),
+        _member("b.json", _json(1)), _member("b.png", PNG),
+        _member("a.txt", kind=tarfile.SYMTYPE, link="/etc/passwd"),  # a's key again, as a link
+        _member("c.json", _json(2)), _member("c.png", b"x" * 5000),     # c skipped: oversized
+        _member("d.json", _json(3)), _member("d.png", PNG),
+        _member("c.json", _json(4)), _member("c.png", PNG),              # c again
+    ])
+    idx = index_shard(shard, max_member_bytes=4096)
+    assert idx.keys == ["a", "b", "d"]  # the first a is kept
+    assert idx.skips == {"duplicate_key": 2, "oversized_member": 1}
+
+
 def test_each_fault_counted_under_its_own_reason(tmp_path):
     link = _member("s1.png", kind=tarfile.SYMTYPE, link="/etc/passwd")
     hard = _member("s3.png", kind=tarfile.LNKTYPE, link="s0.png")
@@ -142,7 +169,7 @@ def test_loader_counts_per_dataset_and_resumes_with_the_same_counts(tmp_path, sm
     for _ in range(3):
         next(first)
     state, counts = first.state_dict(), first.skipped_by_dataset
-    assert set(counts) <= {"half_bad"} and set(counts.get("half_bad", {})) <= {"bad_json"}
+    assert set(counts) == {"half_bad"} and set(counts["half_bad"]) == {"bad_json"}  # the cut is past a skip
     resumed = build_loader(cfg, recipe=recipe)
     resumed.load_state_dict(state)
     assert resumed.skipped_by_dataset == counts
@@ -177,3 +204,17 @@ def test_permission_denied_is_an_unreadable_shard(tmp_path, three):
     idx = index_shard(str(locked))
     assert (idx.problem, idx.keys) == ("unreadable_shard", [])
     assert "Permission" in idx.message
+
+
+def test_index_time_losses_count_toward_the_skip_fraction(tmp_path, small_cfg, three):
+    """9 samples of 12 oversized at index time (and an unreadable shard) stop the loader before training."""
+    big = _tar(tmp_path / "big.tar", [m for i in range(9) for m in (
+        _member(f"g{i}.json", _json(i)), _member(f"g{i}.png", b"x" * 5000))])
+    recipe = parse_recipe({"datasets": [{"name": "ok", "paths": [three]},
+                                        {"name": "huge", "paths": [big, str(tmp_path / "gone.tar")]}]})
+    cfg = dataclasses.replace(small_cfg, seq_length=4096, max_member_bytes=4096, skip_window=8)
+    with pytest.raises(DataQualityError, match=r"indexing left out about 10 of 13 samples \(77%, more than "
+                                               r"data.max_skip_fraction=0.1\): huge: oversized_member x9, "
+                                               r"huge: unreadable_shard x1"):
+        build_loader(cfg, recipe=recipe)
+    build_loader(dataclasses.replace(cfg, max_skip_fraction=1.0), recipe=recipe)  # 1.0: never stops

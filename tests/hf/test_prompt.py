@@ -67,6 +67,9 @@ def test_config_selects_format_and_system():
     # the released config.json: template chatml, no prompt keys -> the released chat()
     fmt, system = format_for_config(_Cfg(template="chatml"))
     assert (fmt.name, system) == ("nvlm_d", "Answer the questions.")
+    # one of our exports from before presets: a system_message, no prompt_format -> newline turns
+    fmt, system = format_for_config(_Cfg(template="chatml", prompt_format=None, system_message=""))
+    assert (fmt.name, system) == ("megatron", "")
     fmt, system = format_for_config(_Cfg(template="chatml", prompt_format="megatron", system_message=""))
     assert (fmt.name, system) == ("megatron", "")
     assert build_chat_prompt("q", fmt=fmt, system=system) == "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"

@@ -132,7 +132,7 @@ def test_prompt_format_mismatch_on_resume_is_named(data_cache, tmp_path, referen
     assert proc.returncode == 2
     assert (f"{run / 'checkpoints' / 'iter_0000006'} was trained with prompt format 'nvlm_d' and system message "
             "'Answer the questions.', but this run has data.prompt_format='megatron' and system message "
-            "'Answer the questions.'") in proc.stderr
+            "'Answer the questions.'; resume with data.prompt_format=nvlm_d data.system_prompt=preset") in proc.stderr
     proc = run_train(1, base_overrides(data_cache, run, iters=8) + ["data.system_prompt=null"])
     assert proc.returncode == 2 and "and system message None" in proc.stderr
 
