@@ -5,8 +5,9 @@ it runs on CPU and on GPUs without Transformer Engine. Unpacked rows (and the Vi
 ``is_causal`` or no mask, so CUDA picks its flash kernel; GQA goes through ``enable_gqa``, never a
 copy of K/V per query head. Packed rows arrive as THD (``PackedSeqParams``, see
 ``nvlm_train.model.packing``): on CUDA in half precision ``torch.nn.attention.varlen.varlen_attn``
-takes the whole pack at once; elsewhere (CPU, fp32, no varlen) every sample runs its own causal
-SDPA. Padding tokens get zeros and cost no attention work in either path.
+takes the whole pack at once; elsewhere (CPU, fp32, no varlen) every sample gets its own causal
+SDPA, samples of similar length batched into one call. Padding tokens get zeros and cost no
+attention work in either path.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def _segments(p: PackedSeqParams) -> tuple[tuple[int, int], ...]:
     cu = p.cu_seqlens_q.tolist()
     starts = (p.cu_seqlens_q_padded if p.cu_seqlens_q_padded is not None else p.cu_seqlens_q).tolist()
     return tuple((starts[i], cu[i + 1] - cu[i]) for i in range(len(cu) - 1))
+
+
+# A sample joins the current group while it is at least this fraction of the group's longest: at
+# most 1/0.75^2 = 1.8x the attention work for the shortest, a handful of SDPA calls per pack.
+_GROUP_RATIO = 0.75
+
+
+def length_groups(segments) -> list[list[tuple[int, int]]]:
+    """(start, length) segments -> groups of similar length, longest first in each group."""
+    groups: list[list[tuple[int, int]]] = []
+    for seg in sorted(segments, key=lambda x: -x[1]):
+        if groups and seg[1] >= _GROUP_RATIO * groups[-1][0][1]:
+            groups[-1].append(seg)
+        else:
+            groups.append([seg])
+    return groups
 
 
 def _varlen_applies(q: torch.Tensor, p: PackedSeqParams, dropout: float) -> bool:
@@ -104,6 +121,8 @@ class SDPAttention(MegatronModule):
         dropout = self.dropout_p if self.training else 0.0
         if _varlen_applies(q, p, dropout):
             return self._varlen(q, k, v, p, causal).reshape(t, np_ * hn)
+        if causal:
+            return self._grouped_causal(q, k, v, _segments(p))
         pieces, cursor = [], 0
         for start, length in _segments(p):
             if start > cursor:  # padding: zeros, no attention work
@@ -115,6 +134,27 @@ class SDPAttention(MegatronModule):
         if cursor < t:
             pieces.append(q.new_zeros(t - cursor, np_ * hn))
         return torch.cat(pieces)
+
+    def _grouped_causal(self, q, k, v, segments) -> torch.Tensor:
+        """Causal SDPA per sample, samples of similar length batched into one call.
+
+        Each sample is padded at its END to its group's longest: causal attention never looks
+        forward, so the padding changes no real token's result (the padded rows are dropped).
+        """
+        t, np_, hn = q.shape
+        qz, kz, vz = (torch.cat([x, x.new_zeros(1, *x.shape[1:])]) for x in (q, k, v))  # row t: zeros
+        index, values = [], []
+        for group in length_groups(segments):
+            steps = torch.arange(group[0][1], device=q.device)
+            starts = torch.tensor([a for a, _ in group], device=q.device)
+            lengths = torch.tensor([n for _, n in group], device=q.device)
+            valid = steps[None] < lengths[:, None]  # [n, L]
+            idx = torch.where(valid, starts[:, None] + steps[None], t)  # [n, L], padding -> the zero row
+            out = self._sdpa(*(x[idx].transpose(1, 2) for x in (qz, kz, vz)), None, is_causal=True)  # [n, np, L, hn]
+            index.append(idx[valid])
+            values.append(out.transpose(1, 2)[valid].reshape(-1, np_ * hn))
+        full = q.new_zeros(t, np_ * hn)
+        return full.index_copy(0, torch.cat(index), torch.cat(values)) if index else full
 
     def _varlen(self, q, k, v, p: PackedRows, causal: bool) -> torch.Tensor:
         """The whole pack in one flash call; padding is gathered out first, zeros put back after."""

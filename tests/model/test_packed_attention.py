@@ -369,3 +369,12 @@ def test_varlen_route_gathers_real_tokens_and_scatters_zeros(monkeypatch):
     assert calls == [(17, [0, 4, 7, 13, 17], [0, 4, 7, 13, 17], 6, 6, (-1, 0), True)]
     assert torch.allclose(varlen, per_sample, atol=1e-6) and varlen.shape == (20, 64)
     assert (varlen[7:10] == 0).all() and (per_sample[7:10] == 0).all()
+
+
+def test_length_groups_by_hand():
+    """CPU path: samples at least 0.75x their group's longest share one causal SDPA call."""
+    from nvlm_train.model.attention import length_groups
+
+    segments = [(0, 45), (45, 20), (96, 27), (123, 30), (153, 25)]  # this file's batch
+    assert length_groups(segments) == [[(0, 45)], [(123, 30), (96, 27), (153, 25)], [(45, 20)]]
+    assert length_groups([]) == []
