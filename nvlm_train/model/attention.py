@@ -119,6 +119,8 @@ class SDPAttention(MegatronModule):
     def _packed(self, q, k, v, p: PackedSeqParams, causal: bool) -> torch.Tensor:
         t, np_, hn = q.shape
         dropout = self.dropout_p if self.training else 0.0
+        if isinstance(p, PackedRows) and not p.segments:  # nothing but padding (an evaluation pass's end)
+            return q.new_zeros(t, np_ * hn)
         if _varlen_applies(q, p, dropout):
             return self._varlen(q, k, v, p, causal).reshape(t, np_ * hn)
         if causal:

@@ -378,3 +378,19 @@ def test_length_groups_by_hand():
     segments = [(0, 45), (45, 20), (96, 27), (123, 30), (153, 25)]  # this file's batch
     assert length_groups(segments) == [[(0, 45)], [(123, 30), (96, 27), (153, 25)], [(45, 20)]]
     assert length_groups([]) == []
+
+
+def test_all_padding_pack_gives_zeros():
+    from megatron.core.transformer.enums import AttnMaskType
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from nvlm_train.model.attention import SDPAttention
+    from nvlm_train.model.packing import packed_rows
+
+    cfg = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=2, num_query_groups=1, kv_channels=16,
+                            attention_dropout=0.0, tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    attn = SDPAttention(cfg, 1, AttnMaskType.causal, "self")
+    p = packed_rows(torch.tensor([[0, 6, 6]]), torch.tensor([0]), 1, 6)
+    q, k, v = torch.randn(6, 2, 16), torch.randn(6, 1, 16), torch.randn(6, 1, 16)
+    out = attn(q, k, v, None, packed_seq_params=p)
+    assert out.shape == (6, 32) and (out == 0).all()
