@@ -43,6 +43,17 @@ def start_train(nproc: int, overrides: list[str], env: dict | None = None) -> su
                             text=True, cwd=REPO, env=full_env, start_new_session=True)
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 a launcher and every worker at once (torchrun puts workers in their own sessions)."""
+    import psutil
+
+    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in victims:
+        p.kill()
+    psutil.wait_procs(victims, timeout=30)
+    proc.wait()
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     out = {}
     for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():

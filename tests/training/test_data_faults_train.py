@@ -7,11 +7,10 @@ import io
 import json
 import tarfile
 
-import psutil
 import pytest
 
 from tests.demo_data import DEMO_HELDOUT, DEMO_TRAIN, SEED
-from tests.training.conftest import base_overrides, losses, run_train, start_train
+from tests.training.conftest import base_overrides, kill_tree, losses, run_train, start_train
 from tests.training.test_resume import _latest, _wait
 
 pytestmark = pytest.mark.multirank
@@ -57,11 +56,7 @@ def test_kill_and_resume_across_skipped_samples_is_exact(data_cache, tmp_path):
     overrides = base_overrides(data_cache, tmp_path / "run", iters=10) + extra + ["train.save_interval=2"]
     proc = start_train(1, overrides)
     _wait(lambda: _latest(tmp_path / "run") >= 4, proc)
-    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in victims:
-        p.kill()
-    psutil.wait_procs(victims, timeout=30)
-    proc.wait()
+    kill_tree(proc)
     killed_at = _latest(tmp_path / "run")
     assert 4 <= killed_at < 10
     again = run_train(1, overrides)

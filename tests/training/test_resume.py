@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.training.conftest import base_overrides, losses, run_train, start_train
+from tests.training.conftest import base_overrides, kill_tree, losses, run_train, start_train
 
 pytestmark = pytest.mark.multirank
 
@@ -46,12 +46,7 @@ def test_kill_9_then_rerun_continues_bit_identically(data_cache, tmp_path):
     proc = start_train(2, overrides)
     _wait(lambda: _latest(tmp_path / "run") >= 10, proc)
     assert proc.poll() is None
-    # kill -9 the launcher and every worker at once (torchrun puts workers in their own sessions).
-    victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    for p in victims:
-        p.kill()
-    psutil.wait_procs(victims, timeout=30)
-    proc.wait()
+    kill_tree(proc)
     killed_at = _latest(tmp_path / "run")
     assert 10 <= killed_at < iters
     again = run_train(2, overrides)
