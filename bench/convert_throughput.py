@@ -58,19 +58,20 @@ def make_checkpoint(out: Path, layers: int, hidden: int) -> int:
     import torch
     import yaml
 
+    from nvlm_train.checkpoint import dist as ckpt
+    from nvlm_train.checkpoint.layout import resolve_checkpoint
+    from nvlm_train.checkpoint.reader import DistCheckpointReader
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
-    from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folder
-    from nvlm_train.convert.dist_runtime import megatron_process
     from nvlm_train.data.tokenizer import build_demo_tokenizer
     from nvlm_train.model.builder import build_model
-    from nvlm_train.training import checkpoint as ckpt
+    from nvlm_train.runtime.session import distributed_session
 
     model = load_model_config("nvlm_d_tiny", [
         f"model.language.num_layers={layers}", f"model.language.hidden_size={hidden}",
         "model.language.num_attention_heads=8", f"model.language.ffn_hidden_size={3 * hidden}",
         "model.language.vocab_size=8192"])
-    with megatron_process(1, 1):
+    with distributed_session():
         built = build_model(model, ParallelConfig(), initialize=False)
         with torch.no_grad():
             for i, p in enumerate(built.chunks[0].parameters()):
@@ -78,7 +79,7 @@ def make_checkpoint(out: Path, layers: int, hidden: int) -> int:
         cfg = {"model": asdict(model), "data": {"tokenizer_dir": str(build_demo_tokenizer())}}
         ckpt.save_checkpoint(out, built.chunks, None, None, {}, ckpt.TrainingState(iteration=1),
                              yaml.safe_dump(cfg), keep_last=1)
-    return DistCheckpointReader(checkpoint_folder(out)).nbytes()
+    return DistCheckpointReader(resolve_checkpoint(out)[0]).nbytes()
 
 
 def _run(code: str, *args: str) -> dict:

@@ -125,13 +125,11 @@ def run(args: argparse.Namespace) -> dict:
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.flops import flops_breakdown
     from nvlm_train.model.transformer_config import Precision
-    from nvlm_train.parallel.initialize import initialize_distributed
 
     on_gpu = torch.cuda.is_available()
     model_cfg = load_model_config(args.config, [*args.overrides, f"model.impl={args.impl}"])
     precision = (Precision(params_dtype=torch.bfloat16, bf16=True) if args.dtype == "bf16" else Precision())
     batch = synthetic_batch(model_cfg, args.micro_batch_size, args.seq_length, args.tiles, args.seed)  # checks sizes
-    initialize_distributed(ParallelConfig(), seed=args.seed)
     built = build_model(model_cfg, ParallelConfig(), precision=precision)
     model = built.chunks[0]
     model.train()
@@ -222,14 +220,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
-    from nvlm_train.parallel.initialize import destroy_distributed
+    from nvlm_train.runtime.session import distributed_session
 
-    with maybe_cpu_runtime():
-        try:
-            result = run(args)
-        finally:
-            destroy_distributed()
+    with distributed_session(seed=args.seed):
+        result = run(args)
     print(json.dumps(result), flush=True)
 
 

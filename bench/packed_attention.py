@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args(argv)
-    from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
+    from nvlm_train.runtime.cpu_runtime import maybe_cpu_runtime
 
     smoke = args.smoke or not torch.cuda.is_available()
     device = torch.device("cpu" if smoke else "cuda")

@@ -43,9 +43,8 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     from nvlm_train.config.store import compose_config, to_dataclass
-    from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
-    from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
-    from nvlm_train.parallel.launch_env import read_launch_env
+    from nvlm_train.runtime.launch_env import read_launch_env
+    from nvlm_train.runtime.session import distributed_session
     from nvlm_train.training.loop import Trainer
     from nvlm_train.training.metrics import memory_gb, peak_tflops_per_gpu, throughput
 
@@ -59,9 +58,8 @@ def main(argv=None) -> int:
     train_cfg = to_dataclass(cfg)
     env = read_launch_env()
     train_cfg.validate(env.world_size)
-    with maybe_cpu_runtime() as on_cpu:
-        initialize_distributed(train_cfg.parallel, seed=train_cfg.train.seed,
-                               num_language_layers=train_cfg.model.language.num_layers, env=env)
+    with distributed_session(train_cfg.parallel, seed=train_cfg.train.seed,
+                             num_language_layers=train_cfg.model.language.num_layers, env=env) as on_cpu:
         try:
             trainer = Trainer(train_cfg, OmegaConf.to_yaml(cfg), on_cpu)
             times, rates = [], []
@@ -103,7 +101,6 @@ def main(argv=None) -> int:
             if env.rank == 0:
                 print(json.dumps(result))
         finally:
-            destroy_distributed()
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -62,12 +62,9 @@ def _last_json(text: str) -> dict:
 
 def _saved_max_tiles(checkpoint: Path) -> int:
     """The tile budget the run trained with (the HF evaluation must tile the same way)."""
-    import yaml
+    from nvlm_train.checkpoint.saved_run import SavedRun
 
-    from nvlm_train.training.checkpoint import read_saved_config, resolve_checkpoint
-
-    folder, _ = resolve_checkpoint(checkpoint)
-    return int(yaml.safe_load(read_saved_config(folder))["data"]["max_tiles"])
+    return SavedRun.from_folder(checkpoint).max_tiles
 
 
 def set_aside_stale_run(run_dir: Path, spec: dict) -> None:

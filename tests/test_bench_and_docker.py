@@ -143,7 +143,7 @@ def _measured_worker(rank, world):
 
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.model.builder import build_model
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
 
     initialize_distributed(ParallelConfig(), seed=3)
     out = []

@@ -10,13 +10,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nvlm_train.config.model import ModelConfig
+from nvlm_train.vision.tiling import DEFAULT_MAX_TILES
+
+_MODEL = ModelConfig()  # NVLM-D-72B's sizes: the defaults of --image-size and --tokens-per-tile
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="HF tokenizer directory (default: the demo tokenizer)")
     p.add_argument("--seq-length", type=int, default=4096)
-    p.add_argument("--max-tiles", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=448)
-    p.add_argument("--tokens-per-tile", type=int, default=256)
+    p.add_argument("--max-tiles", type=int, default=DEFAULT_MAX_TILES)
+    p.add_argument("--image-size", type=int, default=_MODEL.vision.image_size, help="default: NVLM-D's")
+    p.add_argument("--tokens-per-tile", type=int, default=_MODEL.tokens_per_tile, help="default: NVLM-D's")
     p.add_argument("--kind", default="auto", choices=["auto", "conversation", "caption", "text"])
 
 

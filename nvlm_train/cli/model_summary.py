@@ -21,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nvlm_train.config.store import compose_config, to_dataclass
     from nvlm_train.model.summary import model_summary
-    from nvlm_train.parallel.cpu_runtime import cpu_runtime
-    from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
+    from nvlm_train.runtime.session import distributed_session
 
     try:
         cfg = compose_config("summary", args.overrides)
@@ -31,14 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, Exception) as exc:  # Hydra raises its own exception types
         print(f"nvlm-model-summary: {exc}", file=sys.stderr)
         return 2
-    from nvlm_train.config.parallel import ParallelConfig
-
-    with cpu_runtime():
-        initialize_distributed(ParallelConfig(), seed=model.init_seed)
-        try:
-            counts = model_summary(model)
-        finally:
-            destroy_distributed()
+    with distributed_session(seed=model.init_seed, force_cpu=True):
+        counts = model_summary(model)
     print(json.dumps({"model": model.name, **counts}))
     return 0
 

@@ -7,7 +7,7 @@ registered in Hydra's ConfigStore (``nvlm_train.config.store``) and mapped onto 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from nvlm_train.config.errors import ConfigError
 
@@ -174,3 +174,21 @@ class ModelConfig:
                 f"model.projector.downsample_ratio={self.projector.downsample_ratio} does not divide "
                 f"the {self.vision.patches_per_side}x{self.vision.patches_per_side} patch grid evenly"
             )
+
+
+ARCHITECTURE_SECTIONS = ("vision", "projector", "language")
+
+
+def architecture_diffs(a: ModelConfig, b: ModelConfig, names: tuple[str, str] = ("a", "b")) -> list[str]:
+    """``model.section.field: <names[0]> x, <names[1]> y`` for every architecture field that differs.
+
+    The one rule for "same weights layout": every field of the towers except NON_ARCHITECTURE_FIELDS.
+    """
+    diffs = []
+    for section in ARCHITECTURE_SECTIONS:
+        sa, sb = getattr(a, section), getattr(b, section)
+        for f in fields(sa):
+            va, vb = getattr(sa, f.name), getattr(sb, f.name)
+            if va != vb and f.name not in NON_ARCHITECTURE_FIELDS:
+                diffs.append(f"model.{section}.{f.name}: {names[0]} {va!r}, {names[1]} {vb!r}")
+    return diffs

@@ -18,6 +18,8 @@ from nvlm_train.config.parallel import ParallelConfig
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS
 from nvlm_train.data.shards import DEFAULT_MAX_MEMBER_BYTES
 from nvlm_train.hf.conversation import PROMPT_FORMATS
+from nvlm_train.vision.route import TILE_ON_CHOICES
+from nvlm_train.vision.tiling import DEFAULT_MAX_TILES
 
 
 @dataclass
@@ -74,7 +76,7 @@ class DataSection:
     eval_recipe: str | None = None  # held-out data for validation loss
     data_root: str | None = None  # fills ${DATA_ROOT} in recipe paths
     tokenizer_dir: str | None = None  # None: the demo tokenizer
-    max_tiles: int = 6
+    max_tiles: int = DEFAULT_MAX_TILES
     # Prompt preset (``nvlm_d``: the released chat(), ``megatron``: Megatron-LM's SFT turns); recorded
     # in checkpoints and used by export, eval and verify.
     prompt_format: str = "nvlm_d"
@@ -133,7 +135,7 @@ class TrainConfig:
                 f"train.seq_length={t.seq_length} exceeds model.language.max_position_embeddings="
                 f"{self.model.language.max_position_embeddings}"
             )
-        if self.data.tile_on not in ("auto", "worker", "device"):
+        if self.data.tile_on not in TILE_ON_CHOICES:
             raise ConfigError(f"data.tile_on={self.data.tile_on!r}: use auto, worker or device")
         if self.data.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"data.prompt_format={self.data.prompt_format!r}: use one of "

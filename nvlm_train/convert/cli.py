@@ -103,15 +103,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from nvlm_train.checkpoint.layout import CheckpointError
+    from nvlm_train.config.errors import ConfigError
     from nvlm_train.convert.errors import ConvertError
+    from nvlm_train.runtime.spawn import SpawnError
 
-    known: tuple[type[BaseException], ...] = (ConvertError,)
-    try:
-        from nvlm_train.config.errors import ConfigError
-
-        known += (ConfigError,)
-    except ImportError:  # pragma: no cover
-        pass
+    known = (ConvertError, CheckpointError, ConfigError, SpawnError)
     try:
         return _run(args)
     except known as exc:

@@ -18,16 +18,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from nvlm_train.checkpoint.reader import DistCheckpointReader
+from nvlm_train.checkpoint.saved_run import SavedRun
 from nvlm_train.config.model import ModelConfig
-from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folder
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.convert.hf_config import generation_config_for, hf_config_for
 from nvlm_train.convert.mapping import MCORE_TO_HF, Rule, expand, padding_sizes
 from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.safetensors_writer import ShardedSafetensorsWriter, TensorPlan
-from nvlm_train.convert.saved_config import parse_saved_config, saved_tokenizer_dir
 from nvlm_train.convert.transforms import TRANSFORMS, Dims
-from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, saved_prompt
+from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT
 from nvlm_train.hf.export_files import HFLayout, copy_modeling_files, write_chat_template, write_hf_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -140,8 +140,8 @@ def check_against_hf(plans: list[TensorPlan], hf_config: dict) -> None:
         raise ConvertError("the converted weights do not fit the HF model:\n  " + "\n  ".join(problems))
 
 
-def _tokenizer_dir(opts: ExportOptions, cfg: dict) -> Path:
-    tok = opts.tokenizer or saved_tokenizer_dir(cfg)
+def _tokenizer_dir(opts: ExportOptions, run: SavedRun) -> Path:
+    tok = opts.tokenizer or run.tokenizer_dir
     if tok is None:
         from nvlm_train.data.tokenizer import build_demo_tokenizer
 
@@ -153,18 +153,16 @@ def _tokenizer_dir(opts: ExportOptions, cfg: dict) -> Path:
 
 def export_checkpoint(opts: ExportOptions) -> ExportReport:
     start = time.perf_counter()
-    folder = checkpoint_folder(opts.checkpoint)
+    run = SavedRun.from_folder(opts.checkpoint)
+    folder, model, prompt = run.folder, run.model, run.prompt
     check_output(opts.out, opts.force)
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise ConvertError(f"--dtype {opts.dtype}: use one of {', '.join(DTYPES)}")
     with DistCheckpointReader(folder) as reader:
-        model, cfg = parse_saved_config(reader.common_state().get("config", ""), folder)
-        tokenizer = _tokenizer_dir(opts, cfg)
+        tokenizer = _tokenizer_dir(opts, run)
         layout = HFLayout(opts.layout)
         rules, plans, dtype = plan_export(reader, model, DTYPES.get(opts.dtype or ""), layout)
-        max_tiles = int((cfg.get("data") or {}).get("max_tiles") or 6)
-        prompt = saved_prompt(cfg.get("data"))
-        hf_config = hf_config_for(model, DTYPE_NAMES[dtype], tokenizer, max_tiles, layout, prompt)
+        hf_config = hf_config_for(model, DTYPE_NAMES[dtype], tokenizer, run.max_tiles, layout, prompt)
         if opts.check_hf_shapes:
             check_against_hf(plans, hf_config)
         sizes, dims = padding_sizes(model), dims_of(model, layout.vit_dummy_heads)

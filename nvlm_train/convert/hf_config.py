@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, fields
 from pathlib import Path
 
-from nvlm_train.config.model import NON_ARCHITECTURE_FIELDS, ROPE_SCALING_TYPES, ModelConfig
+from nvlm_train.config.model import ROPE_SCALING_TYPES, ModelConfig
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.hf.export_files import HFLayout, LLMSpec, NVLMDSpec, VisionSpec, build_hf_config
 
@@ -166,22 +165,6 @@ def model_config_from_parts(vision_cfg: dict, llm_cfg: dict, base: ModelConfig, 
     projector = {k: getattr(base.projector, k) for k in ("downsample_ratio", "ffn_hidden_size", "layernorm_eps")}
     vision = _vision_fields(vision_cfg, None, "vision config.json")
     return _assemble(base, vision, projector, language)
-
-
-def architecture_diffs(a: ModelConfig, b: ModelConfig) -> list[str]:
-    """``section.field: a vs b`` for every differing architecture field (what the trainer compares)."""
-    diffs = []
-    for section in ("vision", "projector", "language"):
-        sa, sb = getattr(a, section), getattr(b, section)
-        for f in fields(sa):
-            va, vb = getattr(sa, f.name), getattr(sb, f.name)
-            if va != vb and f.name not in NON_ARCHITECTURE_FIELDS:
-                diffs.append(f"model.{section}.{f.name}: {va!r} vs {vb!r}")
-    return diffs
-
-
-def model_section(model: ModelConfig) -> dict:
-    return asdict(model)
 
 
 def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, max_tiles: int = 6,

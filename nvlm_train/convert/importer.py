@@ -22,12 +22,11 @@ import torch
 import yaml
 from torch.distributed.checkpoint.api import CheckpointException
 
-from nvlm_train.config.model import ModelConfig
-from nvlm_train.convert.dist_runtime import run_ranks
+from nvlm_train.config.model import ModelConfig, architecture_diffs
+from nvlm_train.config.parallel import ParallelConfig
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.convert.export import DTYPES, dims_of
 from nvlm_train.convert.hf_config import (
-    architecture_diffs,
     hf_config_for,
     hf_prompt,
     model_config_from_nvlm,
@@ -39,6 +38,7 @@ from nvlm_train.convert.mapping import HF_TO_MCORE, expand
 from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.transforms import TRANSFORMS, DummyHeadError
 from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, get_prompt_format
+from nvlm_train.runtime.spawn import run_on_layout
 
 
 @dataclass
@@ -113,7 +113,7 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
         fmt = get_prompt_format(DEFAULT_PROMPT_FORMAT)
         prompt = (fmt.name, fmt.system_message)
     if opts.model_config:
-        diffs = architecture_diffs(model, base)
+        diffs = architecture_diffs(model, base, ("HF", opts.model_config))
         if diffs:
             raise ConvertError(f"the HF model differs from --model-config {opts.model_config}:\n  "
                                + "\n  ".join(diffs))
@@ -201,12 +201,11 @@ def stream_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress:
     """
     from tqdm import tqdm
 
-    from nvlm_train.config.parallel import ParallelConfig
-    from nvlm_train.convert.streaming_save import StreamingTorchDistSave
+    from nvlm_train.checkpoint.dist import TrainingState, save_checkpoint
+    from nvlm_train.checkpoint.streaming_save import StreamingTorchDistSave
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.init import initialize_parameters
     from nvlm_train.model.transformer_config import Precision
-    from nvlm_train.training.checkpoint import TrainingState, save_checkpoint
 
     precision = Precision(params_dtype=plan.dtype, bf16=plan.dtype == torch.bfloat16)
     built = build_model(plan.model, ParallelConfig(), precision, initialize=False, meta=True)
@@ -233,7 +232,6 @@ def stream_and_save(plan: ImportPlan, out_root: str, config_yaml: str, progress:
 
 def check_layout(model: ModelConfig, tp: int, pp: int) -> None:
     """The checkpoint is written at TP1/PP1 and resharded on load: check that TP ``tp`` x PP ``pp`` can load it."""
-    from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.model.transformer_config import padded_vision_heads, padded_vocab_size
 
     ParallelConfig(tp=tp, pp=pp).validate(tp * pp, model.language.num_layers)
@@ -263,5 +261,5 @@ def import_hf(opts: ImportOptions) -> Path:
     config_yaml = _config_yaml(plan, opts)
     check_layout(plan.model, opts.tp, opts.pp)
     with staged_output(opts.out, opts.force) as tmp:
-        run_ranks(stream_and_save, 1, 1, plan, str(tmp), config_yaml, opts.progress)
+        run_on_layout(stream_and_save, ParallelConfig(), plan, str(tmp), config_yaml, opts.progress)
     return Path(opts.out)

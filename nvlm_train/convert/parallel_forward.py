@@ -47,9 +47,9 @@ def run_cases(folder: str, model_cfg, cases: list, max_new_tokens: int, eos: int
     """One rank: load the checkpoint at this TP/PP; per case (logits [1, s, V], greedy tokens)."""
     from megatron.core import parallel_state as ps
 
+    from nvlm_train.checkpoint.dist import load_checkpoint
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.model.builder import build_model
-    from nvlm_train.training.checkpoint import load_checkpoint
 
     parallel = ParallelConfig(tp=ps.get_tensor_model_parallel_world_size(),
                               pp=ps.get_pipeline_model_parallel_world_size())

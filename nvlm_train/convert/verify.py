@@ -14,10 +14,8 @@ from pathlib import Path
 
 import torch
 
-from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folder
+from nvlm_train.checkpoint.saved_run import SavedRun
 from nvlm_train.convert.errors import ConvertError
-from nvlm_train.convert.saved_config import parse_saved_config
-from nvlm_train.data.prompt import saved_prompt
 
 
 @dataclass
@@ -86,8 +84,8 @@ def build_cases(model_cfg, tokenizer_dir: Path, max_tiles: int, prompt: tuple[st
     """(name, token ids [1, s], pixel values [tiles, 3, H, W] or None) for the four input kinds, in the
     prompt (format, system text) the checkpoint trained with."""
     from nvlm_train.data.prompt import format_chatml
-    from nvlm_train.data.tiling import load_image
     from nvlm_train.data.tokenizer import TextTokenizer
+    from nvlm_train.vision.tiling import load_image
 
     tok = TextTokenizer(tokenizer_dir)
     size, per_tile = model_cfg.vision.image_size, model_cfg.tokens_per_tile
@@ -136,9 +134,10 @@ def _hf_greedy(model, ids, pixels, n: int, eos: int, pad: int) -> list[int]:
 
 
 def _load_ours(folder: Path, model_cfg):
+    from nvlm_train.checkpoint.dist import load_checkpoint
+    from nvlm_train.checkpoint.layout import CheckpointError
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.model.builder import build_model
-    from nvlm_train.training.checkpoint import CheckpointError, load_checkpoint
 
     built = build_model(model_cfg, ParallelConfig(), initialize=False)
     try:
@@ -151,10 +150,10 @@ def _load_ours(folder: Path, model_cfg):
 
 def _ours_single(folder: Path, model_cfg, cases, max_new_tokens: int, eos: int) -> list:
     """TP1/PP1 in this process: per case (logits, greedy tokens)."""
-    from nvlm_train.convert.dist_runtime import megatron_process
+    from nvlm_train.runtime.session import distributed_session
 
     image_token, vocab = model_cfg.language.image_token_id, model_cfg.language.vocab_size
-    with megatron_process(1, 1), torch.no_grad():
+    with distributed_session(), torch.no_grad():
         ours = _load_ours(folder, model_cfg)
         return [(_our_logits(ours, ids, pixels, vocab), _our_greedy(ours, ids, pixels, vocab, max_new_tokens, eos,
                                                                    image_token))
@@ -169,23 +168,24 @@ def verify(checkpoint: Path, hf_dir: Path, tolerance: float = 1e-4, max_new_toke
     from nvlm_train.convert.hf_config import read_json
     from nvlm_train.data.tokenizer import TextTokenizer
 
-    folder = checkpoint_folder(checkpoint)
+    run = SavedRun.from_folder(checkpoint)
+    folder, model_cfg = run.folder, run.model
     hf_dir = Path(hf_dir)
     hf_cfg = read_json(hf_dir / "config.json")
-    with DistCheckpointReader(folder) as reader:
-        model_cfg, saved = parse_saved_config(reader.common_state().get("config", ""), folder)
     model_cfg.freeze.vision = model_cfg.freeze.projector = model_cfg.freeze.language = False
     if model_cfg.language.num_layers % pp:
         raise ConvertError(f"--pp {pp} does not divide the LLM's {model_cfg.language.num_layers} layers")
-    cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)), saved_prompt(saved.get("data")))
+    cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)), run.prompt)
     tok = TextTokenizer(hf_dir)
     if tp * pp == 1:
         ours = _ours_single(folder, model_cfg, cases, max_new_tokens, tok.im_end_id)
     else:
-        from nvlm_train.convert.dist_runtime import run_ranks
+        from nvlm_train.config.parallel import ParallelConfig
         from nvlm_train.convert.parallel_forward import run_cases
+        from nvlm_train.runtime.spawn import run_on_layout
 
-        ours = run_ranks(run_cases, tp, pp, str(folder), model_cfg, cases, max_new_tokens, tok.im_end_id)[0]
+        ours = run_on_layout(run_cases, ParallelConfig(tp=tp, pp=pp), str(folder), model_cfg, cases, max_new_tokens,
+                             tok.im_end_id, brief_errors=(ConvertError,))[0]
     hf = AutoModel.from_pretrained(str(hf_dir), torch_dtype=torch.float32, trust_remote_code=True,
                                    use_flash_attn=False).eval()
     report = VerifyReport(tolerance, tp=tp, pp=pp)

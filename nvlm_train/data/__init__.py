@@ -1,11 +1,12 @@
 """Data pipeline: webdataset shards -> tiled, tile-tagged, tokenised, packed micro-batches.
 
-Modules (one job each): ``tiling`` (the card's dynamic tiling), ``images`` (safe decoding),
+Modules (one job each): ``images`` (safe decoding),
 ``samples`` (raw sample -> conversation), ``prompt`` (ChatML + image expansion), ``tokenizer``
 (tokenizer loading, demo tokenizer), ``encode`` (tokens, loss targets, token budget), ``packing``
 (rows and the batch dict), ``shards`` (tar indexing and random access), ``order`` (blend and DP
 sharding), ``recipe`` (YAML blends), ``loader`` (the resumable iterator), ``synth``, ``stats``,
-``build_shards``, ``inspect_sample`` (tools). Import from the submodules; the names below are
+``build_shards``, ``inspect_sample`` (tools); tiles are cut by ``nvlm_train.vision``. Import from the
+submodules; the names below are
 re-exported lazily so ``import nvlm_train.data`` stays cheap.
 """
 
@@ -15,7 +16,6 @@ import importlib
 
 _EXPORTS = {
     "DataConfig": "loader", "MultimodalLoader": "loader", "build_loader": "loader",
-    "dynamic_preprocess": "tiling", "load_image": "tiling", "tile_image": "tiling",
     "format_chatml": "prompt", "expand_image_placeholders": "prompt",
     "build_demo_tokenizer": "tokenizer", "TextTokenizer": "tokenizer",
     "write_synthetic_shards": "synth", "read_heldout": "synth",

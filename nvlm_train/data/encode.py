@@ -12,26 +12,30 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nvlm_train.data.device_tiles import plan_image, plan_tiles
 from nvlm_train.data.errors import NO_ASSISTANT_REPLY, SPECIAL_TOKEN_IN_TEXT, TOO_LONG, SampleError
 from nvlm_train.data.images import DEFAULT_MAX_PIXELS, open_image, to_rgb
 from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, SPECIAL_TOKENS, build_segments
 from nvlm_train.data.samples import Conversation
-from nvlm_train.data.tiling import num_tiles, pixels_tensor, tile_image_uint8
 from nvlm_train.data.tokenizer import TextTokenizer
+from nvlm_train.vision.route import ImageTiles, TileRoute
+from nvlm_train.vision.tiling import num_tiles
 
 TILE_LADDER = (8, 6, 4, 2, 1)
 
 
 @dataclass(frozen=True)
 class EncodeOptions:
+    """How samples are encoded. ``tokens_per_tile`` and ``image_size`` derive from the model
+    (``ModelConfig.tokens_per_tile``, ``model.vision.image_size``) and ``max_tiles`` from
+    ``data.max_tiles``: they have no defaults here, so they cannot drift from the run's."""
+
     seq_length: int
-    tokens_per_tile: int = 256
-    image_size: int = 448
-    max_tiles: int = 12
+    tokens_per_tile: int
+    image_size: int
+    max_tiles: int
     use_thumbnail: bool = True
     max_image_pixels: int = DEFAULT_MAX_PIXELS
-    tile_on_device: bool = False  # ship decoded images + plans; the device cuts tiles (device_tiles)
+    route: TileRoute = TileRoute.WORKER
     prompt_format: str = DEFAULT_PROMPT_FORMAT  # a preset of ``hf.conversation.PROMPT_FORMATS``
     system: str | None = None  # system text of samples that bring none (None: no system turn)
 
@@ -42,12 +46,16 @@ class EncodedSample:
 
     tokens: np.ndarray  # int64 [L]
     targets: np.ndarray  # bool [L]
-    pixel_values: torch.Tensor  # uint8 [num_tiles, 3, S, S]; the model normalises (tiling.normalize_pixels)
-    tiles_per_image: tuple[int, ...] = ()
-    # Device route (``EncodeOptions.tile_on_device``): ``pixel_values`` is empty and these hold each
-    # image's RGB pixels (uint8 [H, W, 3]) and its ``device_tiles.plan_image`` row instead.
-    images: tuple[torch.Tensor, ...] = ()
-    plans: tuple[tuple[int, ...], ...] = ()
+    tiles: ImageTiles  # its images, in the form its tile route ships them
+
+    @property
+    def tiles_per_image(self) -> tuple[int, ...]:
+        return self.tiles.tiles_per_image
+
+    @property
+    def pixel_values(self) -> torch.Tensor | None:
+        """uint8 [num_tiles, 3, S, S] on the worker route (the model normalises them); None on the device route."""
+        return self.tiles.pixel_values
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -96,21 +104,10 @@ def encode_conversation(conv: Conversation, tok: TextTokenizer, opts: EncodeOpti
     n_ctx = int((tokens == tok.image_context_id).sum())
     if n_ctx != sum(tiles) * opts.tokens_per_tile:
         raise SampleError(SPECIAL_TOKEN_IN_TEXT, f"{n_ctx} image-context tokens for {sum(tiles)} tiles")
-    s = opts.image_size
-    empty = torch.zeros((0, 3, s, s), dtype=torch.uint8)
-    rgb = [to_rgb(im) for im in images]
-    if opts.tile_on_device:
-        plans = tuple(plan_image(*im.size, per_image, s, opts.use_thumbnail) for im in rgb)
-        assert tuple(plan_tiles(p) for p in plans) == tiles, (plans, tiles)
-        return EncodedSample(tokens=tokens, targets=targets, pixel_values=empty, tiles_per_image=tiles,
-                             images=tuple(pixels_tensor(im) for im in rgb), plans=plans)
-    pixels = []
-    for im, n in zip(rgb, tiles):
-        t = tile_image_uint8(im, max_num=per_image, image_size=s, use_thumbnail=opts.use_thumbnail)
-        assert t.shape[0] == n, (t.shape, n)
-        pixels.append(t)
-    pv = torch.cat(pixels) if pixels else empty
-    return EncodedSample(tokens=tokens, targets=targets, pixel_values=pv, tiles_per_image=tiles)
+    payload = ImageTiles.cut(opts.route, [to_rgb(im) for im in images], per_image, opts.image_size,
+                             opts.use_thumbnail)
+    assert payload.tiles_per_image == tiles, (payload.tiles_per_image, tiles)
+    return EncodedSample(tokens=tokens, targets=targets, tiles=payload)
 
 
 def encode_prompt(
@@ -118,8 +115,8 @@ def encode_prompt(
     images: list,
     tok: TextTokenizer,
     tokens_per_tile: int,
-    image_size: int = 448,
-    max_tiles: int = 6,
+    image_size: int,
+    max_tiles: int,
     system: str | None = None,
     prompt_format: str = DEFAULT_PROMPT_FORMAT,
 ) -> tuple[np.ndarray, torch.Tensor]:
@@ -128,11 +125,8 @@ def encode_prompt(
     ``images`` are PIL images (any mode) in placeholder order; layout and tiling are the training ones
     (each image gets ``max_tiles`` tiles at most, plus the thumbnail), without the token budget.
     """
-    rgb = [to_rgb(im) for im in images]
-    pixels = [tile_image_uint8(im, max_num=max_tiles, image_size=image_size) for im in rgb]
-    tiles = [p.shape[0] for p in pixels]
-    segments = build_segments(messages, tiles, tokens_per_tile, system=system, add_generation_prompt=True,
-                              fmt=prompt_format)
+    payload = ImageTiles.cut(TileRoute.WORKER, [to_rgb(im) for im in images], max_tiles, image_size, True)
+    segments = build_segments(messages, payload.tiles_per_image, tokens_per_tile, system=system,
+                              add_generation_prompt=True, fmt=prompt_format)
     tokens, _ = tokenize_segments(segments, tok)
-    pv = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size), dtype=torch.uint8)
-    return tokens, pv
+    return tokens, payload.pixel_values

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from nvlm_train.data.encode import EncodedSample
-from nvlm_train.data.tiling import IMAGENET_MEAN, IMAGENET_STD
 from nvlm_train.data.tokenizer import TextTokenizer
+from nvlm_train.vision.tiling import IMAGENET_MEAN, IMAGENET_STD
 
 
 def token_view(sample: EncodedSample, tok: TextTokenizer) -> str:

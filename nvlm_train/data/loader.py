@@ -41,22 +41,26 @@ from nvlm_train.data.shards import (
     materialize,
 )
 from nvlm_train.data.tokenizer import TextTokenizer, build_demo_tokenizer
+from nvlm_train.runtime.compat import shutdown_dataloader_workers
+from nvlm_train.vision.route import TileRoute
 
 STATE_VERSION = 1
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DataConfig:
-    """Everything the loader needs. ``tokens_per_tile`` = (image_size / patch)^2 * downsample_ratio^2."""
+    """Everything the loader needs. The sizes have no defaults: they derive from the run (``seq_length``,
+    ``data.max_tiles``) and the model (``image_size``; ``tokens_per_tile`` = (image_size / patch)^2 *
+    downsample_ratio^2), see ``training.data.data_config``."""
 
+    seq_length: int
+    max_tiles: int  # per sample; caps the recipe's per-dataset max_tiles (the smaller one wins)
+    image_size: int
+    tokens_per_tile: int
     recipe: str = "demo"  # a recipe name in data_recipes/ or a YAML path
     data_root: str | None = None  # fills ${DATA_ROOT} in recipe paths
     tokenizer_dir: str | None = None  # None: the demo tokenizer (built and cached on first use)
-    seq_length: int = 1024
     micro_batch_size: int = 1
-    max_tiles: int = 12  # per sample; caps the recipe's per-dataset max_tiles (the smaller one wins)
-    image_size: int = 448
-    tokens_per_tile: int = 256
     use_thumbnail: bool = True
     packing: bool = True
     num_workers: int = 0
@@ -68,7 +72,7 @@ class DataConfig:
     # consumed was skipped: training on a trickle of good data is a failure, not a run. 1.0: never.
     max_skip_fraction: float = 0.1
     skip_window: int = 1000
-    tile_on_device: bool = False  # batches carry decoded images; the trainer cuts tiles on its device
+    tile_route: TileRoute = TileRoute.WORKER  # DEVICE: batches carry decoded images; the trainer cuts tiles
     prompt_format: str = DEFAULT_PROMPT_FORMAT  # a preset of ``hf.conversation.PROMPT_FORMATS``
     # System text of samples that bring none (None: no system turn); default: the default preset's.
     system: str | None = PROMPT_FORMATS[DEFAULT_PROMPT_FORMAT].system_message
@@ -206,7 +210,7 @@ class SampleProcessor:
             EncodeOptions(seq_length=cfg.seq_length, tokens_per_tile=cfg.tokens_per_tile, image_size=cfg.image_size,
                           max_tiles=min(s.spec.max_tiles or cfg.max_tiles, cfg.max_tiles),
                           use_thumbnail=cfg.use_thumbnail,
-                          max_image_pixels=cfg.max_image_pixels, tile_on_device=cfg.tile_on_device,
+                          max_image_pixels=cfg.max_image_pixels, route=cfg.tile_route,
                           prompt_format=cfg.prompt_format, system=cfg.system)
             for s in sources
         ]
@@ -404,7 +408,7 @@ class MultimodalLoader:
             raise StopIteration
         rows += [[] for _ in range(cfg.micro_batch_size - len(rows))]  # only at the end of a single pass
         batch = collate(rows, cfg.seq_length, cfg.tokens_per_tile, self.tokenizer.image_context_id,
-                        self.tokenizer.pad_id, cfg.image_size)
+                        self.tokenizer.pad_id, cfg.image_size, cfg.tile_route)
         self._cursor = self._pending[0] if self._pending is not None else self._next_j
         self._batches += 1
         return batch
@@ -414,9 +418,7 @@ class MultimodalLoader:
         self._stream = None
         self._pending = None
         if self._dl_iter is not None:
-            shutdown = getattr(self._dl_iter, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
+            shutdown_dataloader_workers(self._dl_iter)
             self._dl_iter = None
 
     def __del__(self):

@@ -6,7 +6,7 @@ sample and on padding), ``position_ids`` (restart per sample), ``seq_boundaries`
 segment starts per row, trailing padding its own segment, rows padded by repeating s),
 ``num_samples``, ``pixel_values`` (uint8 [tiles, 3, S, S]; the model normalises them on the device)
 in image-run order (row-major). The device route carries ``images`` and ``image_plans`` instead
-(``device_tiles``), which ``device_tiles.tiles_on_device`` turns into the same ``pixel_values``.
+(``nvlm_train.vision.route``), which the device turns into the same ``pixel_values``.
 """
 
 from __future__ import annotations
@@ -16,16 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from nvlm_train.data.device_tiles import pack_images, plan_tiles
 from nvlm_train.data.encode import EncodedSample
-
-
-def batch_tiles(batch: dict) -> int:
-    """Tiles in a batch of either route, without touching the device."""
-    if "image_plans" in batch:
-        return sum(plan_tiles(p) for p in batch["image_plans"].tolist())
-    pv = batch.get("pixel_values")
-    return 0 if pv is None else int(pv.shape[0])
+from nvlm_train.vision.route import TileRoute, batch_tiles, collate_tiles
 
 
 def row_fits(row: Sequence[EncodedSample], sample: EncodedSample, seq_length: int, packing: bool) -> bool:
@@ -41,6 +33,7 @@ def collate(
     image_context_id: int,
     pad_id: int,
     image_size: int,
+    route: TileRoute = TileRoute.WORKER,
 ) -> dict[str, torch.Tensor]:
     """Build one micro-batch from rows of samples (each row's total length <= ``seq_length``)."""
     b, s = len(rows), seq_length
@@ -49,10 +42,6 @@ def collate(
     loss_mask = np.zeros((b, s), dtype=np.float32)
     position_ids = np.zeros((b, s), dtype=np.int64)
     bounds: list[list[int]] = []
-    pixels: list[torch.Tensor] = []
-    images: list[torch.Tensor] = []
-    plans: list[tuple[int, ...]] = []
-    device_route = any(smp.plans for row in rows for smp in row)
     for r, row in enumerate(rows):
         starts = [0]
         pos = 0
@@ -64,10 +53,6 @@ def collate(
             position_ids[r, pos:pos + n] = np.arange(n)
             pos += n
             starts.append(pos)
-            if smp.pixel_values.shape[0]:
-                pixels.append(smp.pixel_values)
-            images.extend(smp.images)
-            plans.extend(smp.plans)
         if pos > s:
             raise ValueError(f"row {r} holds {pos} tokens > seq_length {s}")
         if pos < s:
@@ -84,13 +69,7 @@ def collate(
         "seq_boundaries": torch.from_numpy(seq_boundaries),
         "num_samples": torch.tensor([len(row) for row in rows], dtype=torch.int64),
     }
-    if device_route:
-        if pixels:
-            raise ValueError("a batch mixes samples tiled by the workers and samples to tile on the device")
-        batch["images"], batch["image_plans"] = pack_images(images, plans)
-    else:
-        batch["pixel_values"] = torch.cat(pixels) if pixels else torch.zeros((0, 3, image_size, image_size),
-                                                                              dtype=torch.uint8)
+    batch.update(collate_tiles([smp.tiles for row in rows for smp in row], route, image_size))
     n_ctx = int((tokens == image_context_id).sum())
     n_tiles = batch_tiles(batch)
     assert n_ctx == n_tiles * tokens_per_tile, (

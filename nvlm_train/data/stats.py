@@ -68,7 +68,7 @@ def shard_stats(shards: list[str], cfg: DataConfig, progress: Callable[[int], No
             loader.warner.warn(res.reason, res.shard, res.key, res.message)
         else:
             stats.samples += 1
-            stats.tiles += int(res.pixel_values.shape[0])
+            stats.tiles += res.tiles.num_tiles
             stats.tokens += len(res)
             stats.target_tokens += int(res.targets.sum())
         if progress is not None:

@@ -12,8 +12,9 @@ import json
 import sys
 from collections import Counter
 
-import yaml
 from tqdm import tqdm
+
+from nvlm_train.config.parallel import ParallelConfig
 
 
 def _args(argv):
@@ -26,59 +27,39 @@ def _args(argv):
 
 
 def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_tokens: int = 6) -> dict:
-    from nvlm_train.config.model import ModelConfig
-    from nvlm_train.config.parallel import ParallelConfig
+    from nvlm_train.checkpoint.dist import load_checkpoint
+    from nvlm_train.checkpoint.saved_run import SavedRun
     from nvlm_train.data.encode import encode_prompt
-    from nvlm_train.data.prompt import saved_prompt
     from nvlm_train.data.synth import read_heldout
     from nvlm_train.data.tokenizer import TextTokenizer, build_demo_tokenizer
     from nvlm_train.inference.generate import greedy_generate
     from nvlm_train.model.builder import build_model
-    from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
-    from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
-    from nvlm_train.training.checkpoint import load_checkpoint, read_saved_config, resolve_checkpoint
+    from nvlm_train.runtime.session import distributed_session
 
-    folder, iteration = resolve_checkpoint(checkpoint)
-    saved = yaml.safe_load(read_saved_config(folder))
-    model_cfg: ModelConfig = _model_from_saved(saved["model"])
-    tok_dir = saved.get("data", {}).get("tokenizer_dir") or str(build_demo_tokenizer())
-    tok = TextTokenizer(tok_dir)
-    max_tiles = saved.get("data", {}).get("max_tiles", 6)
-    prompt_format, system = saved_prompt(saved.get("data"))
+    run = SavedRun.from_folder(checkpoint)
+    model_cfg = run.model
+    tok = TextTokenizer(run.tokenizer_dir or build_demo_tokenizer())
+    prompt_format, system = run.prompt
     items = read_heldout(data_root)[:limit]
-    with maybe_cpu_runtime():
-        initialize_distributed(ParallelConfig(), seed=0)
-        try:
-            model = build_model(model_cfg, ParallelConfig()).chunks[0]
-            load_checkpoint(folder, [model], weights_only=True)
-            model.eval()
-            correct, per_task, totals = 0, Counter(), Counter()
-            for item in tqdm(items, desc="megatron eval", file=sys.stderr, mininterval=2):
-                prompt, pixels = encode_prompt([("user", item.question)], [item.image], tok,
-                                               model_cfg.tokens_per_tile, model_cfg.vision.image_size, max_tiles,
-                                               system=system, prompt_format=prompt_format)
-                out = greedy_generate(model, list(prompt), pixels, max_new_tokens,
-                                      {tok.im_end_id, tok.eod_id}, model_cfg.language.vocab_size)
-                answer = tok.decode(out).strip()
-                ok = answer == item.answer
-                correct += ok
-                per_task[item.task] += ok
-                totals[item.task] += 1
-        finally:
-            destroy_distributed()
+    with distributed_session(seed=0):
+        model = build_model(model_cfg, ParallelConfig()).chunks[0]
+        load_checkpoint(run.folder, [model], weights_only=True)
+        model.eval()
+        correct, per_task, totals = 0, Counter(), Counter()
+        for item in tqdm(items, desc="megatron eval", file=sys.stderr, mininterval=2):
+            prompt, pixels = encode_prompt([("user", item.question)], [item.image], tok,
+                                           model_cfg.tokens_per_tile, model_cfg.vision.image_size, run.max_tiles,
+                                           system=system, prompt_format=prompt_format)
+            out = greedy_generate(model, list(prompt), pixels, max_new_tokens,
+                                  {tok.im_end_id, tok.eod_id}, model_cfg.language.vocab_size)
+            answer = tok.decode(out).strip()
+            ok = answer == item.answer
+            correct += ok
+            per_task[item.task] += ok
+            totals[item.task] += 1
     return {"accuracy": correct / max(1, len(items)), "correct": correct, "total": len(items),
-            "per_task": {t: per_task[t] / totals[t] for t in totals}, "iteration": iteration,
+            "per_task": {t: per_task[t] / totals[t] for t in totals}, "iteration": run.iteration,
             "prompt_format": prompt_format}
-
-
-def _model_from_saved(model_section: dict):
-    """The ModelConfig stored in a checkpoint's resolved config."""
-    from omegaconf import OmegaConf
-
-    from nvlm_train.config.model import ModelConfig
-
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), model_section)
-    return OmegaConf.to_object(merged)
 
 
 def main(argv=None) -> int:

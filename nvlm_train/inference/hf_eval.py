@@ -21,7 +21,7 @@ def evaluate_hf(hf_dir: str, data_root: str, limit: int | None = None, max_tiles
     from transformers import AutoModel, AutoTokenizer
 
     from nvlm_train.data.synth import read_heldout
-    from nvlm_train.data.tiling import load_image
+    from nvlm_train.vision.tiling import load_image
 
     model = AutoModel.from_pretrained(hf_dir, torch_dtype=torch.float32, low_cpu_mem_usage=True,
                                       use_flash_attn=False, trust_remote_code=True).eval()

@@ -59,6 +59,24 @@ def cast_floating_params(chunk: torch.nn.Module, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
+def check_matches_parallel_state(parallel: ParallelConfig) -> None:
+    """The layout the model is built for is the one megatron's process groups were made with.
+
+    ``parallel`` is the one source of TP/PP/VPP for every size the model derives (padding, splits);
+    this refuses a config that disagrees with the initialised groups instead of building a model
+    whose shards do not fit them.
+    """
+    ps = parallel_state
+    vpp = ps.get_virtual_pipeline_model_parallel_world_size()
+    now = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+           vpp if vpp and vpp > 1 else None)
+    asked = (parallel.tp, parallel.pp, parallel.vpp if (parallel.vpp or 1) > 1 else None)
+    if now != asked:
+        raise ConfigError(f"the model is built for TP/PP/VPP {asked} but the process groups were initialised with "
+                          f"{now}; pass the ParallelConfig the runtime was initialised with (runtime.initialize."
+                          f"current_parallel())")
+
+
 def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precision | None = None,
                 initialize: bool = True, meta: bool = False, packed: bool = True) -> BuiltModel:
     """Model chunks for this rank (parallel state must be initialised).
@@ -75,10 +93,10 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
     impl = choice.impl
     if choice.note and (not dist.is_initialized() or dist.get_rank() == 0):
         print(choice.note, file=sys.stderr, flush=True)
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
-    vocab = padded_vocab_size(model.language.vocab_size, tp, model.language.vocab_pad_multiple)
-    heads = padded_vision_heads(model, tp)
+    check_matches_parallel_state(parallel)
+    vpp = parallel.vpp if (parallel.vpp or 1) > 1 else None
+    vocab = padded_vocab_size(model.language.vocab_size, parallel.tp, model.language.vocab_pad_multiple)
+    heads = padded_vision_heads(model, parallel.tp)
     use_cpu_init = meta or not torch.cuda.is_available()
     vision_cfg = vision_transformer_config(model, parallel, precision, use_cpu_init)
     lang_cfg = language_transformer_config(model, parallel, precision, use_cpu_init)

@@ -8,9 +8,9 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nvlm_train.config.model import VisionConfig
-from nvlm_train.data.tiling import normalize_pixels
-from nvlm_train.model.megatron_quirks import no_unknown_mlp_warning
 from nvlm_train.model.specs import internvit_layer_spec
+from nvlm_train.runtime.compat import no_unknown_mlp_warning
+from nvlm_train.vision.tiling import normalize_pixels
 
 
 class InternViT(MegatronModule):

@@ -11,10 +11,10 @@ import torch.distributed as dist
 
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
-from nvlm_train.data import resample
 from nvlm_train.data.loader import DataConfig, MultimodalLoader, build_loader
 from nvlm_train.data.prompt import get_prompt_format, resolve_system
 from nvlm_train.data.shards import default_cache_dir
+from nvlm_train.vision.route import TileRoute
 
 
 def demo_data_dir(cfg: TrainConfig) -> Path:
@@ -39,18 +39,12 @@ def ensure_demo_data(cfg: TrainConfig) -> Path:
     return root
 
 
-def tile_on_device(cfg: TrainConfig) -> bool:
-    """Resolve ``data.tile_on``: "auto" cuts tiles on the GPU when training on one, else in the workers."""
-    choice = cfg.data.tile_on
-    if choice == "device" and not resample.pillow_supported():
-        raise ConfigError(
-            f"data.tile_on=device reproduces Pillow>={'.'.join(map(str, resample.MIN_PILLOW))}'s resize but "
-            f"Pillow {'.'.join(map(str, resample.pillow_version()))} is installed; upgrade Pillow or set "
-            f"data.tile_on=worker"
-        )
-    if choice == "auto":
-        return torch.cuda.is_available() and resample.pillow_supported()
-    return choice == "device"
+def tile_route(cfg: TrainConfig) -> TileRoute:
+    """``data.tile_on`` resolved for this process (``auto``: on the GPU when training on one)."""
+    try:
+        return TileRoute.resolve(cfg.data.tile_on, torch.cuda.is_available())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pass: bool = False) -> DataConfig:
@@ -69,7 +63,7 @@ def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pas
         seed=cfg.train.seed,
         single_pass=single_pass,
         cache_dir=d.cache_dir,
-        tile_on_device=tile_on_device(cfg),
+        tile_route=tile_route(cfg),
         max_image_pixels=d.max_image_pixels,
         max_member_bytes=d.max_member_bytes,
         max_skip_fraction=d.max_skip_fraction,

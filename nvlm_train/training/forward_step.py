@@ -13,8 +13,8 @@ from functools import partial
 
 import torch
 
-from nvlm_train.data.device_tiles import tiles_on_device
 from nvlm_train.model.packing import check_positions
+from nvlm_train.vision.route import IMAGE_KEYS, batch_pixels
 
 # Read on the host to build the packed-attention tables: moving them would cost a device sync.
 HOST_KEYS = ("seq_boundaries", "num_samples")
@@ -26,12 +26,11 @@ def to_device(batch: dict, device: torch.device | str, needs_pixels: bool = True
     ``needs_pixels=False`` (later pipeline stages) leaves the pixels behind, whichever route made
     them: only the first stage runs the vision model.
     """
-    images, plans = batch.get("images"), batch.get("image_plans")
-    skip = ("images", "image_plans") if needs_pixels else ("images", "image_plans", "pixel_values")
     out = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) and k not in HOST_KEYS else v)
-           for k, v in batch.items() if k not in skip}
-    if needs_pixels and plans is not None and plans.shape[0]:
-        out["pixel_values"] = tiles_on_device(images.to(device, non_blocking=True), plans)
+           for k, v in batch.items() if k not in IMAGE_KEYS}
+    pixels = batch_pixels(batch, device) if needs_pixels else None
+    if pixels is not None:
+        out["pixel_values"] = pixels
     return out
 
 

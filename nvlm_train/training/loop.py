@@ -20,21 +20,21 @@ import yaml
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from nvlm_train.checkpoint.dist import TrainingState, load_checkpoint, save_checkpoint
+from nvlm_train.checkpoint.layout import CheckpointError, iteration_dir, latest_iteration, resolve_checkpoint
+from nvlm_train.checkpoint.saved_run import SavedRun
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
 from nvlm_train.data.errors import DataQualityError
 from nvlm_train.data.loader import by_dataset, by_reason
-from nvlm_train.data.packing import batch_tiles
 from nvlm_train.data.path_report import DataPathError
 from nvlm_train.data.prompt import get_prompt_format, saved_prompt
 from nvlm_train.data.recipe import RecipeError
 from nvlm_train.model.builder import build_model
 from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
 from nvlm_train.model.transformer_config import Precision
-from nvlm_train.parallel.cpu_runtime import maybe_cpu_runtime
-from nvlm_train.parallel.initialize import destroy_distributed, initialize_distributed
-from nvlm_train.parallel.launch_env import read_launch_env
-from nvlm_train.training import checkpoint as ckpt
+from nvlm_train.runtime.launch_env import read_launch_env
+from nvlm_train.runtime.session import distributed_session
 from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
@@ -43,6 +43,7 @@ from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks,
 from nvlm_train.training.signals import install_process_flag
 from nvlm_train.training.stop_marker import write_stop_marker
 from nvlm_train.training.wandb_guard import guard_wandb
+from nvlm_train.vision.route import batch_tiles
 
 
 class NonFiniteError(RuntimeError):
@@ -83,11 +84,6 @@ def _precision(cfg: TrainConfig) -> Precision:
     return Precision(params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16)
 
 
-def _saved_model_section(folder: Path) -> dict:
-    text = ckpt.read_saved_config(folder)
-    return (yaml.safe_load(text) or {}).get("model", {}) if text else {}
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, config_yaml: str, on_cpu: bool):
         self.cfg, self.config_yaml, self.on_cpu = cfg, config_yaml, on_cpu
@@ -112,7 +108,7 @@ class Trainer:
         self.chunks = wrap_ddp(built.chunks, cfg, on_gpu=not on_cpu)
         self.optimizer, self.scheduler = build_optimizer(self.chunks, cfg, self.precision.bf16)
         configure_schedule_hooks(self.chunks, self.optimizer)
-        self.state = ckpt.TrainingState()
+        self.state = TrainingState()
         self._restore()
         if self.rank0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,23 +121,17 @@ class Trainer:
         self.peak = peak_tflops_per_gpu()
 
     # -- checkpoints ---------------------------------------------------------------------------------
-    def _check_arch(self, folder: Path) -> None:
-        saved = _saved_model_section(folder)
-        if saved:
-            ckpt.check_architecture(saved, asdict(self.cfg.model))
-
     def _check_prompt(self) -> None:
         """A resumed run must keep the prompt format its checkpoint trained with (checked before any build)."""
-        latest = ckpt.latest_iteration(self.ckpt_root)
-        if latest is None:
+        if latest_iteration(self.ckpt_root) is None:
             return
-        folder = ckpt.iteration_dir(self.ckpt_root, latest)
-        saved = saved_prompt((yaml.safe_load(ckpt.read_saved_config(folder) or "") or {}).get("data"))
+        run = SavedRun.from_folder(self.ckpt_root)
+        folder, saved = run.folder, run.prompt
         now = saved_prompt(asdict(self.cfg.data))
         if saved != now:
             preset = get_prompt_format(saved[0]).system_message
             system = "null" if saved[1] is None else "preset" if saved[1] == preset else repr(saved[1])
-            raise ckpt.CheckpointError(
+            raise CheckpointError(
                 f"{folder} was trained with prompt format {saved[0]!r} and system message {saved[1]!r}, but this "
                 f"run has data.prompt_format={now[0]!r} and system message {now[1]!r}; resume with "
                 f"data.prompt_format={saved[0]} data.system_prompt={system}, or start a new run.dir "
@@ -166,13 +156,13 @@ class Trainer:
             raise DataQualityError(problem or "another data-parallel rank skipped too many samples (see above)")
 
     def _restore(self) -> None:
-        latest = ckpt.latest_iteration(self.ckpt_root)
+        latest = latest_iteration(self.ckpt_root)
         if latest is not None:
-            folder = ckpt.iteration_dir(self.ckpt_root, latest)
-            self._check_arch(folder)
-            self.state, data_state = ckpt.load_checkpoint(folder, self.chunks, self.optimizer, self.scheduler)
+            folder = iteration_dir(self.ckpt_root, latest)
+            SavedRun.from_folder(folder).check_architecture(self.cfg.model)
+            self.state, data_state = load_checkpoint(folder, self.chunks, self.optimizer, self.scheduler)
             if data_state is None and not self.cfg.checkpoint.reset_data:
-                raise ckpt.CheckpointError(
+                raise CheckpointError(
                     f"{folder} was saved at another data-parallel size, so the data position cannot be "
                     f"restored exactly; set checkpoint.reset_data=true to restart the data stream"
                 )
@@ -180,18 +170,18 @@ class Trainer:
                 try:
                     self.loader.load_state_dict(data_state)
                 except ValueError as exc:
-                    raise ckpt.CheckpointError(
+                    raise CheckpointError(
                         f"{exc}; set checkpoint.reset_data=true to restart the data stream instead"
                     ) from exc
             self._say(f"resumed from {folder} at iteration {self.state.iteration}")
         elif self.cfg.checkpoint.init_from:
-            folder, _ = ckpt.resolve_checkpoint(self.cfg.checkpoint.init_from)
-            self._check_arch(folder)
-            ckpt.load_checkpoint(folder, self.chunks, weights_only=True)
+            folder, _ = resolve_checkpoint(self.cfg.checkpoint.init_from)
+            SavedRun.from_folder(folder).check_architecture(self.cfg.model)
+            load_checkpoint(folder, self.chunks, weights_only=True)
             self._say(f"initialised model weights from {folder}")
 
     def save(self) -> Path:
-        folder = ckpt.save_checkpoint(self.ckpt_root, self.chunks, self.optimizer, self.scheduler,
+        folder = save_checkpoint(self.ckpt_root, self.chunks, self.optimizer, self.scheduler,
                                       self.loader.state_dict(), self.state, self.config_yaml,
                                       self.cfg.checkpoint.keep_last)
         self._say(f"saved checkpoint {folder}")
@@ -293,11 +283,11 @@ class Trainer:
         cfg = self.cfg.train
         preempt = install_process_flag()  # usually installed already by the entry point
         layout = f"TP{self.cfg.parallel.tp} PP{self.cfg.parallel.pp} DP{self.dp_size}"
-        tiles_where = "on the device" if self.loader.cfg.tile_on_device else "by the data workers"
+        tiles_where = self.loader.cfg.tile_route.describe()
         self._say(f"training {self.cfg.model.name} ({layout}, {'bf16' if self.precision.bf16 else 'fp32'}, "
                   f"{self.num_micro} micro-batches/step, tiles cut {tiles_where}) "
                   f"from iteration {self.state.iteration} to {cfg.iters}")
-        saved_at = self.state.iteration if ckpt.latest_iteration(self.ckpt_root) is not None else None
+        saved_at = self.state.iteration if latest_iteration(self.ckpt_root) is not None else None
         try:
             timer = StepTimer()
             while self.state.iteration < cfg.iters:
@@ -345,17 +335,13 @@ def run_training(cfg: TrainConfig, config_yaml: str) -> int:
         if env.rank == 0:  # every rank finds the same error; say it once
             print(f"nvlm-train: configuration error: {exc}", file=sys.stderr)
         return 2
-    with maybe_cpu_runtime() as on_cpu:
-        initialize_distributed(cfg.parallel, seed=cfg.train.seed,
-                               num_language_layers=cfg.model.language.num_layers, env=env)
+    with distributed_session(cfg.parallel, seed=cfg.train.seed, num_language_layers=cfg.model.language.num_layers,
+                             env=env) as on_cpu:
         try:
             trainer = Trainer(cfg, config_yaml, on_cpu)
             return trainer.run()
-        except (ConfigError, ckpt.CheckpointError, NonFiniteError, DataPathError, RecipeError, DataQualityError) as exc:
+        except (ConfigError, CheckpointError, NonFiniteError, DataPathError, RecipeError, DataQualityError) as exc:
             if dist.get_rank() == 0:  # every rank finds the same problem; say it once
                 print(f"nvlm-train: {exc}", file=sys.stderr)
             return 2
-        finally:
-            ckpt.shutdown_checkpoint_writers()
-            destroy_distributed()
 

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint import FileSystemReader
 
-from nvlm_train.convert.dcp_reader import DistCheckpointReader
+from nvlm_train.checkpoint.reader import DistCheckpointReader
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.convert.export import ExportOptions, export_checkpoint
 from nvlm_train.convert.importer import ImportOptions, import_hf
@@ -53,7 +53,7 @@ def test_model_config_preset_mismatch(tmp_path):
     from nvlm_train.hf.testing import build_tiny_export
 
     other = build_tiny_export(tmp_path / "other", seed=0)  # a different tiny architecture
-    expected = "(?s)differs from --model-config nvlm_d_tiny:.*model.vision.hidden_size: 40 vs 80"
+    expected = "(?s)differs from --model-config nvlm_d_tiny:.*model.vision.hidden_size: HF 40, nvlm_d_tiny 80"
     with pytest.raises(ConvertError, match=expected):
         import_hf(ImportOptions(out=tmp_path / "out", hf=other, model_config="nvlm_d_tiny", progress=False))
     _no_leftovers(tmp_path / "out")

@@ -23,7 +23,7 @@ def export_dir(ckpt_tp1, tmp_path_factory):
 def test_model_card_snippet(export_dir, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from nvlm_train.data.tiling import load_image  # the card's load_image semantics (tiling + thumbnail)
+    from nvlm_train.vision.tiling import load_image  # the card's load_image semantics (tiling + thumbnail)
 
     path = str(export_dir)
     model = AutoModel.from_pretrained(

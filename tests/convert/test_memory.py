@@ -21,21 +21,22 @@ import transformers  # noqa: F401  (the HF shape check imports it: part of the f
 import nvlm_train.hf.modeling_nvlm_d  # noqa: F401
 from nvlm_train.convert.export import ExportOptions, export_checkpoint
 from nvlm_train.convert.importer import ImportOptions, import_hf
-from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folder
+from nvlm_train.checkpoint.layout import resolve_checkpoint
+from nvlm_train.checkpoint.reader import DistCheckpointReader
 if sys.argv[1] == "import":  # megatron's model code is part of the fixed baseline for the import
-    import nvlm_train.convert.streaming_save, nvlm_train.model.builder  # noqa: F401,E401
+    import nvlm_train.checkpoint.streaming_save, nvlm_train.model.builder  # noqa: F401,E401
 def hwm():  # own high-water RSS (ru_maxrss would inherit pytest's across fork/exec)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
 mode, src, dst = sys.argv[1:]
 base = hwm()
 if mode == "export":
-    size = DistCheckpointReader(checkpoint_folder(Path(src))).nbytes()
+    size = DistCheckpointReader(resolve_checkpoint(Path(src))[0]).nbytes()
     r = export_checkpoint(ExportOptions(Path(src), Path(dst), max_shard_bytes=64 << 20, progress=False))
     written = r.bytes_written
 else:
     size = sum(p.stat().st_size for p in Path(src).glob("*.safetensors"))
     import_hf(ImportOptions(out=Path(dst), hf=Path(src), progress=False))
-    written = DistCheckpointReader(checkpoint_folder(Path(dst))).nbytes()
+    written = DistCheckpointReader(resolve_checkpoint(Path(dst))[0]).nbytes()
 print(json.dumps(dict(size=size, base=base, peak=hwm(), written=written)))
 """
 

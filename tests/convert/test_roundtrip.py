@@ -9,7 +9,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from nvlm_train.convert.dcp_reader import DistCheckpointReader, checkpoint_folder
+from nvlm_train.checkpoint.layout import resolve_checkpoint
+from nvlm_train.checkpoint.reader import DistCheckpointReader
 from nvlm_train.convert.export import ExportOptions, export_checkpoint
 from tests.convert.helpers import REPO, assert_bit_identical, cli, load_export, released_tiny_config
 
@@ -84,7 +85,7 @@ def test_bf16_is_kept_and_dtype_flag_casts(hf_source, tmp_path):
                   metadata={"format": "pt"})
     ckpt = tmp_path / "ckpt"
     cli("hf-to-mcore", "--hf", str(src), "--out", str(ckpt), "--no-progress")
-    with DistCheckpointReader(checkpoint_folder(ckpt)) as reader:
+    with DistCheckpointReader(resolve_checkpoint(ckpt)[0]) as reader:
         assert reader.dtype("language_model.decoder.layers.mlp.linear_fc1.weight") == torch.bfloat16
     export_checkpoint(ExportOptions(ckpt, tmp_path / "out_bf16", progress=False))
     assert_bit_identical(state, load_export(tmp_path / "out_bf16"))

@@ -99,8 +99,9 @@ def test_tables_are_inverse_and_complete():
 
 def test_released_72b_config_derives_the_72b_preset():
     """The released config.json (verbatim fixture: llama spelling, dynamic rope scaling) gives our preset."""
+    from nvlm_train.config.model import architecture_diffs
     from nvlm_train.config.store import load_model_config
-    from nvlm_train.convert.hf_config import architecture_diffs, hf_prompt, model_config_from_nvlm
+    from nvlm_train.convert.hf_config import hf_prompt, model_config_from_nvlm
 
     preset = load_model_config("nvlm_d_72b")
     cfg = json.loads(RELEASED_CONFIG.read_text())

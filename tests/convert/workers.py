@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from nvlm_train.training.checkpoint import shutdown_checkpoint_writers
+from nvlm_train.checkpoint import dist as ckpt
+from nvlm_train.checkpoint.saved_run import SavedRun
+from nvlm_train.runtime.compat import shutdown_checkpoint_writers
 
 
 def resave_worker(rank, world, tp, pp, init_from, out_root):
@@ -15,18 +17,16 @@ def resave_worker(rank, world, tp, pp, init_from, out_root):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
-    from nvlm_train.parallel.initialize import initialize_distributed
-    from nvlm_train.training import checkpoint as ckpt
+    from nvlm_train.runtime.initialize import initialize_distributed
 
     model = load_model_config("nvlm_d_tiny")
     parallel = ParallelConfig(tp=tp, pp=pp)
     initialize_distributed(parallel, seed=5)
     built = build_model(model, parallel)
-    folder, _ = ckpt.resolve_checkpoint(init_from)
-    saved = yaml.safe_load(ckpt.read_saved_config(folder))
-    ckpt.check_architecture(saved["model"], asdict(model))  # the trainer's check
-    ckpt.load_checkpoint(folder, built.chunks, weights_only=True)
-    config_yaml = yaml.safe_dump({"model": asdict(model), "data": saved["data"]})
+    saved = SavedRun.from_folder(init_from)
+    saved.check_architecture(model)  # the trainer's check
+    ckpt.load_checkpoint(saved.folder, built.chunks, weights_only=True)
+    config_yaml = yaml.safe_dump({"model": asdict(model), "data": saved.data})
     ckpt.save_checkpoint(Path(out_root), built.chunks, None, None, {}, ckpt.TrainingState(iteration=7),
                          config_yaml, keep_last=1)
     shutdown_checkpoint_writers()
@@ -41,8 +41,7 @@ def synthetic_worker(rank, world, out_root, tokenizer_dir, layers, hidden):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
-    from nvlm_train.parallel.initialize import initialize_distributed
-    from nvlm_train.training import checkpoint as ckpt
+    from nvlm_train.runtime.initialize import initialize_distributed
 
     model = load_model_config("nvlm_d_tiny", [
         f"model.language.num_layers={layers}", f"model.language.hidden_size={hidden}",

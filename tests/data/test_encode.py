@@ -28,7 +28,7 @@ def test_loss_mask_covers_exactly_the_assistant_replies(tok):
     assert s.pixel_values.shape == (3, 3, 28, 28)
     assert int((s.tokens == tok.image_context_id).sum()) == 3 * 4
     # uint8 in the batch; what the model computes from it is exactly the card's load_image output.
-    from nvlm_train.data.tiling import normalize_pixels
+    from nvlm_train.vision.tiling import normalize_pixels
 
     card = card_load_image(Image.open(io.BytesIO(conv.images[0])), input_size=28, max_num=12)
     assert s.pixel_values.dtype == torch.uint8 and torch.equal(normalize_pixels(s.pixel_values), card)
@@ -77,15 +77,15 @@ def test_budget_reduces_tiles_until_it_fits(tok):
     # A 1200x100 image wants a 12x1 grid (13 tiles); with room for ~5 tiles the ladder lands on 4 (+thumbnail).
     conv = Conversation([("user", "<image>\nWhat?"), ("assistant", "red")], [png(1200, 100)])
     full = _length(tok, [13])
-    s = encode_conversation(conv, tok, EncodeOptions(seq_length=full, tokens_per_tile=4, image_size=28))
+    s = encode_conversation(conv, tok, EncodeOptions(seq_length=full, tokens_per_tile=4, image_size=28, max_tiles=12))
     assert s.tiles_per_image == (13,)
     limit = _length(tok, [5]) + 2
-    s = encode_conversation(conv, tok, EncodeOptions(seq_length=limit, tokens_per_tile=4, image_size=28))
+    s = encode_conversation(conv, tok, EncodeOptions(seq_length=limit, tokens_per_tile=4, image_size=28, max_tiles=12))
     assert s.tiles_per_image == (5,)  # budgets 12 -> 8 -> 6 do not fit; 4 gives 4 tiles + thumbnail
     assert s.pixel_values.shape[0] == 5 and len(s) <= limit
     with pytest.raises(SampleError) as e:
         encode_conversation(conv, tok, EncodeOptions(seq_length=_length(tok, [1]) - 1, tokens_per_tile=4,
-                                                     image_size=28))
+                                                     image_size=28, max_tiles=12))
     assert e.value.reason == "too_long"
 
 
@@ -106,7 +106,7 @@ def test_text_that_contains_special_tokens_is_rejected(tok):
 def test_too_long_text_only_is_dropped(tok):
     with pytest.raises(SampleError) as e:
         encode_conversation(Conversation([("user", "word " * 200), ("assistant", "ok")]), tok,
-                            EncodeOptions(seq_length=50))
+                            EncodeOptions(seq_length=50, tokens_per_tile=4, image_size=28, max_tiles=12))
     assert e.value.reason == "too_long"
 
 
@@ -119,7 +119,7 @@ def test_encode_prompt_for_evaluation(tok):
     from PIL import Image
 
     from nvlm_train.data.encode import encode_prompt
-    from nvlm_train.data.tiling import load_image, normalize_pixels
+    from nvlm_train.vision.tiling import load_image, normalize_pixels
 
     img = Image.new("P", (90, 30))
     tokens, pv = encode_prompt([("user", "What colour?")], [img], tok, tokens_per_tile=4, image_size=28, max_tiles=6)

@@ -146,8 +146,10 @@ def test_single_pass_ends_and_pads_last_batch(small_cfg):
 
 def test_config_validation():
     with pytest.raises(ValueError, match="seq_length"):
-        DataConfig(seq_length=0)
-    assert np.isfinite(DataConfig().max_image_pixels)
+        DataConfig(seq_length=0, max_tiles=6, image_size=28, tokens_per_tile=4)
+    with pytest.raises(TypeError, match="image_size"):  # sizes derive from the run and the model: no defaults
+        DataConfig(seq_length=64, max_tiles=6, tokens_per_tile=4)
+    assert np.isfinite(DataConfig(seq_length=64, max_tiles=6, image_size=28, tokens_per_tile=4).max_image_pixels)
 
 
 def test_same_dp_rank_sees_the_same_batches(small_cfg):
@@ -189,9 +191,9 @@ def test_warnings_are_rate_limited(caplog):
 
 def test_package_reexports():
     import nvlm_train.data as data
-    from nvlm_train.data import prompt, tiling
+    from nvlm_train.data import prompt
 
     assert data.build_loader is build_loader and data.DataConfig is DataConfig
-    assert data.load_image is tiling.load_image and data.format_chatml is prompt.format_chatml
+    assert data.format_chatml is prompt.format_chatml
     with pytest.raises(AttributeError):
         data.nope  # noqa: B018

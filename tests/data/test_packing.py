@@ -4,13 +4,14 @@ import torch
 
 from nvlm_train.data.encode import EncodedSample
 from nvlm_train.data.packing import collate, row_fits
+from nvlm_train.vision.route import ImageTiles, TileRoute
 
 CTX, PAD = 3, 0
 
 
 def sample(tokens, targets, tiles=0, fill=0.0):
-    return EncodedSample(np.array(tokens, dtype=np.int64), np.array(targets, dtype=bool),
-                         torch.full((tiles, 3, 2, 2), fill), (tiles,) if tiles else ())
+    payload = ImageTiles(TileRoute.WORKER, (tiles,) if tiles else (), pixel_values=torch.full((tiles, 3, 2, 2), fill))
+    return EncodedSample(np.array(tokens, dtype=np.int64), np.array(targets, dtype=bool), payload)
 
 
 def test_packed_row_contract():

@@ -13,7 +13,8 @@ DEMO = recipes_dir() / "demo.yaml"
 
 def _message(data_root) -> str:
     with pytest.raises(DataPathError) as info:
-        build_loader(DataConfig(recipe="demo", data_root=str(data_root), cache_dir=str(data_root.parent / "cache")))
+        build_loader(DataConfig(recipe="demo", data_root=str(data_root), cache_dir=str(data_root.parent / "cache"),
+                                seq_length=1024, max_tiles=6, image_size=448, tokens_per_tile=256))
     return str(info.value)
 
 

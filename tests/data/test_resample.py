@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nvlm_train.data import resample, tiling
-from nvlm_train.data.device_tiles import pack_images, plan_image, plan_tiles, tiles_on_device
 from nvlm_train.data.loader import build_loader
-from nvlm_train.data.packing import batch_tiles
 from nvlm_train.training.forward_step import to_device
+from nvlm_train.vision import resample, tiling
+from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, tiles_on_device
+from nvlm_train.vision.route import TileRoute, batch_tiles
 from tests.data.card_reference import card_tiles, card_transform
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -103,7 +103,7 @@ def test_plans_that_do_not_match_are_refused():
 @pytest.mark.parametrize("workers", [0, 2])
 def test_device_route_batches_equal_worker_route_batches(small_cfg, workers):
     worker = build_loader(small_cfg)
-    device = build_loader(dataclasses.replace(small_cfg, tile_on_device=True, num_workers=workers))
+    device = build_loader(dataclasses.replace(small_cfg, tile_route=TileRoute.DEVICE, num_workers=workers))
     for _ in range(5):
         a, b = next(worker), next(device)
         assert "pixel_values" not in b and b["images"].dtype == torch.uint8 and b["image_plans"].shape[1] == 6
@@ -128,10 +128,10 @@ def test_tile_on_is_resolved_and_checked(monkeypatch):
     with pytest.raises(ConfigError, match="data.tile_on='gpu': use auto, worker or device"):
         cfg.validate(world_size=1)
     cfg.data.tile_on = "auto"
-    assert training_data.tile_on_device(cfg) == torch.cuda.is_available()
+    assert (training_data.tile_route(cfg) is TileRoute.DEVICE) == torch.cuda.is_available()
     cfg.data.tile_on = "device"
     monkeypatch.setattr(resample, "pillow_version", lambda: (12, 1))
     with pytest.raises(ConfigError, match="Pillow 12.1 is installed; upgrade Pillow or set data.tile_on=worker"):
-        training_data.tile_on_device(cfg)
+        training_data.tile_route(cfg)
     cfg.data.tile_on = "auto"
-    assert training_data.tile_on_device(cfg) is False
+    assert training_data.tile_route(cfg) is TileRoute.WORKER

@@ -4,7 +4,7 @@ from collections import Counter
 
 from nvlm_train.data.shards import index_shard
 from nvlm_train.data.synth import COLOURS, HELDOUT_QUESTIONS, SHAPES, write_synthetic_shards
-from nvlm_train.data.tiling import num_tiles
+from nvlm_train.vision.tiling import num_tiles
 
 
 def _samples(root, split):

@@ -15,7 +15,7 @@ def grads_worker(rank, world, overrides):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
     from nvlm_train.training.forward_step import forward_step
 
     cfg = load_model_config("nvlm_d_tiny", overrides)

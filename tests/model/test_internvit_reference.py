@@ -17,10 +17,10 @@ from tests.dist import run_ranks
 def vit_worker(rank, world, tp, multiple):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
-    from nvlm_train.data.tiling import normalize_pixels
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.gather import gather_full
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
+    from nvlm_train.vision.tiling import normalize_pixels
 
     # Larger init weights than the default make the comparison sharper.
     model_cfg = load_model_config(

@@ -26,7 +26,7 @@ def parity_worker(rank, world, tp, pp, vpp):
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.gather import gather_full
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
     from nvlm_train.training.forward_step import forward_step
 
     model_cfg = load_model_config("nvlm_d_tiny")

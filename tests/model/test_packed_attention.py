@@ -138,7 +138,7 @@ def packed_worker(rank, world, impl):
     from nvlm_train.model.attention import SDPAttention
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.gather import gather_full
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
 
     record: list[dict] = []
     if impl == "transformer_engine":
@@ -289,7 +289,7 @@ def pp_worker(rank, world):
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.gather import gather_full
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
     from nvlm_train.training.forward_step import forward_step
 
     cfg = load_model_config("nvlm_d_tiny")

@@ -11,7 +11,7 @@ from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEm
 
 from nvlm_train.model.language import PositionIdRotaryEmbedding
 from nvlm_train.model.packing import packed_rows
-from nvlm_train.parallel.cpu_runtime import cpu_runtime
+from nvlm_train.runtime.cpu_runtime import cpu_runtime
 
 CONFIG = SimpleNamespace(apply_rope_fusion=False, rotary_interleaved=False, multi_latent_attention=False,
                          mrope_section=None)
@@ -35,9 +35,7 @@ def test_thd_rope_matches_per_sample_position_ids():
     with cpu_runtime():
         rope = PositionIdRotaryEmbedding(RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, rotary_base=10000.0,
                                                          cp_group=group))
-        rope.position_ids = position_ids
-        per_token = rope(s)  # [s, b, 1, d]
-        rope.position_ids = None
+        per_token = rope.at_positions(position_ids)  # [s, b, 1, d]
         reference = apply_rotary_pos_emb(x, per_token, CONFIG, cp_group=group)  # [s, b, h, d]
         unrestarted = apply_rotary_pos_emb(x, rope(s), CONFIG, cp_group=group)  # positions 0..s-1 per row
 

@@ -20,7 +20,7 @@ def packing_worker(rank, world):
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
-    from nvlm_train.parallel.initialize import initialize_distributed
+    from nvlm_train.runtime.initialize import initialize_distributed
 
     cfg = load_model_config("nvlm_d_tiny")
     initialize_distributed(ParallelConfig(), seed=5)

@@ -23,17 +23,20 @@ def base_overrides(cache: Path, run_dir: Path, iters: int = 4) -> list[str]:
     ]
 
 
-def train_command(nproc: int, overrides: list[str]) -> list[str]:
+TRAIN_MODULE = "nvlm_train.train"
+
+
+def train_command(nproc: int, overrides: list[str], module: str = TRAIN_MODULE) -> list[str]:
     if nproc == 1:
-        return [sys.executable, "-m", "nvlm_train.train", *overrides]
+        return [sys.executable, "-m", module, *overrides]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "nvlm_train.train", *overrides]
+            "-m", module, *overrides]
 
 
-def run_train(nproc: int, overrides: list[str], timeout: float = 300, env: dict | None = None
-              ) -> subprocess.CompletedProcess:
+def run_train(nproc: int, overrides: list[str], timeout: float = 300, env: dict | None = None,
+              module: str = TRAIN_MODULE) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(train_command(nproc, overrides), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(train_command(nproc, overrides, module), capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=full_env)
 
 

@@ -98,7 +98,7 @@ def test_crash_during_save_keeps_previous_checkpoint(data_cache, tmp_path, refer
     assert run_train(1, base).returncode == 0
     assert _latest(tmp_path) == 2
     crash = run_train(1, base_overrides(data_cache, tmp_path, iters=6) + ["train.exit_interval=4"],
-                      env={"NVLM_FAULT_INJECT": "after_write"})
+                      module="tests.training.crash_after_write")
     assert crash.returncode != 0
     ckpts = tmp_path / "checkpoints"
     assert _latest(tmp_path) == 2 and not (ckpts / "iter_0000004").exists()

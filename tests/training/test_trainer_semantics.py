@@ -19,8 +19,8 @@ def _trainer(overrides):
     from omegaconf import OmegaConf
 
     from nvlm_train.config.store import compose_config, to_dataclass
-    from nvlm_train.parallel.initialize import initialize_distributed
-    from nvlm_train.parallel.launch_env import read_launch_env
+    from nvlm_train.runtime.initialize import initialize_distributed
+    from nvlm_train.runtime.launch_env import read_launch_env
     from nvlm_train.training.loop import Trainer
 
     cfg = compose_config("train", overrides)

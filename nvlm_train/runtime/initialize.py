@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import socket
 
 import torch
 import torch.distributed as dist
@@ -11,13 +10,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from nvlm_train.config.parallel import ParallelConfig
-from nvlm_train.parallel.launch_env import LaunchEnv, read_launch_env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from nvlm_train.runtime.launch_env import LaunchEnv, free_port, read_launch_env
 
 
 def initialize_distributed(
@@ -39,7 +32,7 @@ def initialize_distributed(
     if use_cuda:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
-        port = env.master_port or _free_port()
+        port = env.master_port or free_port()
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             init_method=f"tcp://{env.master_addr}:{port}",
@@ -56,6 +49,17 @@ def initialize_distributed(
     )
     model_parallel_cuda_manual_seed(seed)
     return env
+
+
+def current_parallel(sequence_parallel: bool = False) -> ParallelConfig:
+    """The layout this process was initialised with (megatron's parallel state), as a ParallelConfig.
+
+    For tools that run a checkpoint at whatever TP/PP they are launched with (inference, verify).
+    """
+    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size()
+    return ParallelConfig(tp=parallel_state.get_tensor_model_parallel_world_size(),
+                          pp=parallel_state.get_pipeline_model_parallel_world_size(),
+                          vpp=vpp if vpp and vpp > 1 else None, sequence_parallel=sequence_parallel)
 
 
 def destroy_distributed() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 
 
@@ -20,6 +21,18 @@ class LaunchEnv:
     master_addr: str
     master_port: int
     source: str  # "torchrun", "slurm" or "single"
+
+    @classmethod
+    def local(cls, rank: int = 0, world_size: int = 1, port: int | None = None) -> LaunchEnv:
+        """A rank of a job started on this machine by us (spawned ranks, one-process tools)."""
+        return cls(rank, world_size, rank, "127.0.0.1", port or free_port(), "single")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a rendezvous on this machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def expand_slurm_nodelist(nodelist: str) -> list[str]:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nvlm_train.model import megatron_quirks
+from nvlm_train.runtime import compat as megatron_quirks
 
 
 def test_model_summary_prints_no_unknown_mlp_warning(tmp_path):

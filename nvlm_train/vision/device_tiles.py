@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from nvlm_train.data import resample
-from nvlm_train.data.tiling import cut_tiles, tile_grid
+from nvlm_train.vision import resample
+from nvlm_train.vision.tiling import cut_tiles, tile_grid
 
 PLAN_FIELDS = ("height", "width", "cols", "rows", "thumbnail", "tile_size")
 

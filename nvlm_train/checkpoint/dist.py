@@ -1,9 +1,6 @@
 """Distributed checkpoints (megatron-core ``dist_checkpointing``) with exact resume.
 
-Layout::
-
-    <run.dir>/checkpoints/latest_checkpointed_iteration.txt   # "8"
-    <run.dir>/checkpoints/iter_0000008/                        # one dist checkpoint
+Folders and tracker: ``nvlm_train.checkpoint.layout``.
 
 A checkpoint holds the model chunks, the optimizer, the LR schedule, every rank's RNG states,
 every data-parallel rank's loader position, the iteration and the resolved config. Tensors are
@@ -28,42 +25,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
-from nvlm_train.config.model import NON_ARCHITECTURE_FIELDS
-from nvlm_train.training.ckpt_writer import shutdown_manager, use_in_process_results_queue
-
-TRACKER = "latest_checkpointed_iteration.txt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used as asked; the message says why and what to do."""
-
-
-def iteration_dir(root: Path, iteration: int) -> Path:
-    return root / f"iter_{iteration:07d}"
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, int]:
-    """A ``checkpoints/`` folder (its latest) or one ``iter_*`` folder -> (folder, iteration)."""
-    path = Path(path)
-    if (path / TRACKER).is_file():
-        iteration = int((path / TRACKER).read_text().strip())
-        folder = iteration_dir(path, iteration)
-    elif path.name.startswith("iter_") and path.is_dir():
-        folder, iteration = path, int(path.name.split("_", 1)[1])
-    else:
-        raise CheckpointError(
-            f"{path} is neither a checkpoints/ folder (with {TRACKER}) nor an iter_* checkpoint folder"
-        )
-    if not (folder / "metadata.json").is_file():
-        raise CheckpointError(f"checkpoint {folder} is missing or incomplete (no metadata.json)")
-    return folder, iteration
-
-
-def latest_iteration(root: Path) -> int | None:
-    tracker = root / TRACKER
-    if not tracker.is_file():
-        return None
-    return int(tracker.read_text().strip())
+from nvlm_train.checkpoint.layout import TRACKER, iteration_dir
+from nvlm_train.runtime.compat import use_in_process_results_queue
 
 
 # -- RNG -----------------------------------------------------------------------------------------------
@@ -155,8 +118,7 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
     root = Path(root)
     final = iteration_dir(root, state.iteration)
     tmp = final.with_name(final.name + ".tmp")
-    rank0 = dist.get_rank() == 0
-    if rank0:
+    if dist.get_rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("iter_*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -165,64 +127,29 @@ def save_checkpoint(root: Path, chunks, optimizer, scheduler, loader_state: dict
     sd = _sharded_state(chunks, optimizer, scheduler, loader_state, state, config_yaml, is_loading=False)
     use_in_process_results_queue()  # no Manager process for a signal to the job to kill
     dist_checkpointing.save(sd, str(tmp), sharded_strategy=sharded_strategy)
-    _fault_injection_point("after_write")
     dist.barrier()
-    if rank0:
-        if final.exists():  # re-saving the same iteration (e.g. SIGTERM right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        tracker_tmp = root / (TRACKER + ".tmp")
-        tracker_tmp.write_text(f"{state.iteration}\n")
-        os.replace(tracker_tmp, root / TRACKER)
-        _prune(root, keep_last)
+    _publish(root, tmp, final, state.iteration, keep_last)
     dist.barrier()
     return final
 
 
-def _fault_injection_point(name: str) -> None:
-    """Tests set NVLM_FAULT_INJECT=<name> to hard-kill a save at this point (never set in real runs)."""
-    if os.environ.get("NVLM_FAULT_INJECT") == name:
-        import psutil
-
-        for child in psutil.Process().children(recursive=True):  # e.g. checkpoint writer processes
-            child.kill()
-        os._exit(9)
+def _publish(root: Path, tmp: Path, final: Path, iteration: int, keep_last: int) -> None:
+    """Rank 0: rename the complete save into place, then point the tracker at it atomically."""
+    if dist.get_rank() != 0:
+        return
+    if final.exists():  # re-saving the same iteration (e.g. SIGTERM right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    tracker_tmp = root / (TRACKER + ".tmp")
+    tracker_tmp.write_text(f"{iteration}\n")
+    os.replace(tracker_tmp, root / TRACKER)
+    _prune(root, keep_last)
 
 
 def _prune(root: Path, keep_last: int) -> None:
     done = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".tmp"))
     for old in done[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def shutdown_checkpoint_writers() -> None:
-    """Stop a multiprocessing Manager megatron's checkpoint writer may have started (saves made
-    outside ``save_checkpoint``); left running, it keeps every rank alive seconds longer at exit."""
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    shutdown_manager(getattr(filesystem_async, "_results_queue", None))
-    filesystem_async._results_queue = None
-
-
-def read_saved_config(folder: Path) -> str:
-    """The resolved config (YAML text) stored in a checkpoint, without loading any tensor."""
-    common = dist_checkpointing.load_common_state_dict(str(folder))
-    return common.get("config", "")
-
-
-def check_architecture(saved_model: dict, current_model: dict) -> None:
-    """Fail with the differing keys when a checkpoint was made for another architecture."""
-    shape_keys = ("vision", "projector", "language")
-    diffs = []
-    for section in shape_keys:
-        saved, now = saved_model.get(section, {}), current_model.get(section, {})
-        for key in sorted(set(saved) | set(now)):
-            if key in NON_ARCHITECTURE_FIELDS:
-                continue
-            if saved.get(key) != now.get(key):
-                diffs.append(f"model.{section}.{key}: checkpoint {saved.get(key)!r}, config {now.get(key)!r}")
-    if diffs:
-        raise CheckpointError("checkpoint architecture does not match the config:\n  " + "\n  ".join(diffs))
 
 
 def load_checkpoint(folder: Path, chunks, optimizer=None, scheduler=None, weights_only: bool = False

@@ -5,6 +5,7 @@ The format is PyTorch DCP: ``.metadata`` lists every tensor's global shape and i
 one chunk per layer and TP rank). We read only the chunks that intersect the requested layer, each
 straight from its byte range in the ``.distcp`` file, so memory stays at about one layer's tensor
 whatever the model size. This module imports neither megatron nor transformers (light and fast).
+The non-tensor part (config, train state) is ``common.pt``: ``common_state()``.
 """
 
 from __future__ import annotations
@@ -16,28 +17,7 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
 
-from nvlm_train.convert.errors import ConvertError
-
-TRACKER = "latest_checkpointed_iteration.txt"  # same file name as nvlm_train.training.checkpoint
-
-
-def checkpoint_folder(path: Path) -> Path:
-    """A run's ``checkpoints/`` folder (its latest iteration) or one ``iter_*`` folder -> the iter folder.
-
-    Mirrors ``nvlm_train.training.checkpoint.resolve_checkpoint`` without importing megatron.
-    """
-    path = Path(path)
-    if (path / TRACKER).is_file():
-        folder = path / f"iter_{int((path / TRACKER).read_text().strip()):07d}"
-    elif path.name.startswith("iter_") and path.is_dir():
-        folder = path
-    else:
-        raise ConvertError(
-            f"{path} is not a checkpoint: expected a checkpoints/ folder with {TRACKER} or an iter_* folder"
-        )
-    if not (folder / "metadata.json").is_file() or not (folder / ".metadata").is_file():
-        raise ConvertError(f"checkpoint {folder} is missing or incomplete (no metadata.json / .metadata)")
-    return folder
+from nvlm_train.checkpoint.layout import CheckpointError
 
 
 class _FileView(io.RawIOBase):
@@ -75,10 +55,13 @@ class DistCheckpointReader:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        if not (self.folder / ".metadata").is_file():
+            raise CheckpointError(f"checkpoint {self.folder} has no .metadata: incomplete, or not a torch_dist "
+                                  "checkpoint")
         try:
             self.metadata = FileSystemReader(str(self.folder)).read_metadata()
         except Exception as exc:  # noqa: BLE001 - any unreadable metadata is the same user error
-            raise ConvertError(f"cannot read the checkpoint metadata of {self.folder}: {exc}") from exc
+            raise CheckpointError(f"cannot read the checkpoint metadata of {self.folder}: {exc}") from exc
         self.tensors: dict[str, TensorStorageMetadata] = {
             k: v for k, v in self.metadata.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)
         }
@@ -109,9 +92,9 @@ class DistCheckpointReader:
     def _load_chunk(self, key: str, offsets: torch.Size) -> torch.Tensor:
         info = self.storage.get(MetadataIndex(key, offsets))
         if info is None:
-            raise ConvertError(f"checkpoint {self.folder}: no stored data for {key} at offsets {list(offsets)}")
+            raise CheckpointError(f"checkpoint {self.folder}: no stored data for {key} at offsets {list(offsets)}")
         if getattr(info, "transform_descriptors", None):
-            raise ConvertError(f"checkpoint {self.folder}: {key} uses storage transforms "
+            raise CheckpointError(f"checkpoint {self.folder}: {key} uses storage transforms "
                                f"{info.transform_descriptors}, which the converter does not read")
         view = io.BufferedReader(_FileView(self._file(info.relative_path), info.offset, info.length), 1 << 20)
         return torch.load(view, map_location="cpu", weights_only=True)
@@ -119,13 +102,13 @@ class DistCheckpointReader:
     def read(self, key: str, layer: int | None = None) -> torch.Tensor:
         """The global tensor ``key`` (``layer``: only that index of the leading layer dimension)."""
         if key not in self.tensors:
-            raise ConvertError(f"checkpoint {self.folder} has no tensor {key!r}")
+            raise CheckpointError(f"checkpoint {self.folder} has no tensor {key!r}")
         meta = self.tensors[key]
         lo = [0] * len(meta.size)
         hi = list(meta.size)
         if layer is not None:
             if not 0 <= layer < meta.size[0]:
-                raise ConvertError(f"checkpoint tensor {key} has {meta.size[0]} layers, layer {layer} requested")
+                raise CheckpointError(f"checkpoint tensor {key} has {meta.size[0]} layers, layer {layer} requested")
             lo[0], hi[0] = layer, layer + 1
         out = None
         for chunk in meta.chunks:
@@ -146,7 +129,7 @@ class DistCheckpointReader:
                 dst = dst.narrow(d, a - lo[d], b - a)
             dst.copy_(src)
         if out is None:
-            raise ConvertError(f"checkpoint {self.folder}: no stored chunk covers {key} layer {layer}")
+            raise CheckpointError(f"checkpoint {self.folder}: no stored chunk covers {key} layer {layer}")
         return out[0] if layer is not None else out
 
     def close(self) -> None:

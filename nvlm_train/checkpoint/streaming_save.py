@@ -16,14 +16,12 @@ from pathlib import Path
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
-from megatron.core.dist_checkpointing.strategies.torch import (
-    MCoreSavePlanner,
-    _replace_state_dict_keys_with_sharded_keys,
-    mcore_to_pyt_state_dict,
-)
+from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner, mcore_to_pyt_state_dict
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint import save as dcp_save
 from torch.distributed.checkpoint.planner import WriteItem, WriteItemType
+
+from nvlm_train.runtime.compat import sharded_tensors_by_key
 
 Producer = Callable[[torch.Tensor], torch.Tensor]  # a (meta) parameter -> its values, same shape
 
@@ -71,7 +69,7 @@ class StreamingTorchDistSave(SaveShardedStrategy):
         return True
 
     def save(self, sharded_state_dict, checkpoint_dir: str | Path) -> None:
-        by_key, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, False)
+        by_key = sharded_tensors_by_key(sharded_state_dict)
         shards = {(sh.key, tuple(sh.global_offset)): sh.data
                   for values in by_key.values() for sh in values if isinstance(sh, ShardedTensor)}
         pyt_state_dict = mcore_to_pyt_state_dict(by_key, False)

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from nvlm_train.runtime.compat import megatron_rng_patches
+
 _CUDA_TYPE_NAMES = {
     "torch.FloatTensor": "torch.cuda.FloatTensor",
     "torch.HalfTensor": "torch.cuda.HalfTensor",
@@ -61,7 +63,6 @@ class _CudaToCpuMode(TorchFunctionMode):
 
 def _patches() -> list[tuple[Any, str, Any]]:
     """(object, attribute, replacement) triples applied inside ``cpu_runtime``."""
-    from megatron.core.tensor_parallel import random as mrandom
 
     def set_state(new_state, device=-1, graph_safe=False):
         torch.set_rng_state(new_state)
@@ -79,8 +80,7 @@ def _patches() -> list[tuple[Any, str, Any]]:
         (torch.cuda, "manual_seed_all", lambda seed: None),
         (torch.cuda, "get_rng_state", lambda device="cuda": torch.get_rng_state()),
         (torch.cuda, "set_rng_state", lambda state, device="cuda": torch.set_rng_state(state)),
-        (mrandom, "_get_cuda_rng_state", get_state),
-        (mrandom, "_set_cuda_rng_state", set_state),
+        *megatron_rng_patches(get_state, set_state),
     ]
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nvlm_train.data import tiling
+from nvlm_train.vision import tiling
 from tests.data.card_reference import card_grid, card_load_image, card_tiles
 
 

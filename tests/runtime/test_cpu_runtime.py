@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nvlm_train.parallel.cpu_runtime import cpu_runtime, is_cpu_runtime_active, maybe_cpu_runtime
+from nvlm_train.runtime.cpu_runtime import cpu_runtime, is_cpu_runtime_active, maybe_cpu_runtime
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-GPU path")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nvlm_train.parallel.launch_env import expand_slurm_nodelist, read_launch_env
+from nvlm_train.runtime.launch_env import expand_slurm_nodelist, read_launch_env
 
 
 def test_torchrun_environment():
