@@ -27,7 +27,7 @@ def test_prompt_layout_matches_data_pipeline():
 
 @pytest.mark.parametrize("size", [(150, 60), (60, 150), (100, 100), (301, 97)])
 def test_tiling_matches_data_pipeline(size):
-    tiling = pytest.importorskip("nvlm_train.data.tiling")
+    tiling = pytest.importorskip("nvlm_train.vision.tiling")
     gen = torch.Generator().manual_seed(size[0])
     pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=gen, dtype=torch.uint8)
     image = Image.fromarray(pixels.numpy())
@@ -39,7 +39,7 @@ def test_tiling_matches_data_pipeline(size):
 
 def test_card_flow_with_demo_tokenizer_and_pipeline_loader(tmp_path):
     tok_mod = pytest.importorskip("nvlm_train.data.tokenizer")
-    tiling = pytest.importorskip("nvlm_train.data.tiling")
+    tiling = pytest.importorskip("nvlm_train.vision.tiling")
     tok_dir = tok_mod.build_demo_tokenizer(tmp_path / "tok")
     export = build_tiny_export(tmp_path / "export", seed=3, tokenizer_dir=tok_dir)
     model = AutoModel.from_pretrained(
