@@ -11,29 +11,28 @@ from nvlm_train.model.specs import qwen2_layer_spec
 
 
 class PositionIdRotaryEmbedding(torch.nn.Module):
-    """Wraps megatron's ``RotaryEmbedding`` so packed rows get positions restarting per sample.
+    """Megatron's ``RotaryEmbedding`` plus frequencies gathered at explicit positions.
 
-    ``GPTModel`` asks its rotary module for positions ``0..s-1``; NVLM-D's batches carry
-    ``position_ids`` (restarting at each packed sample), so the caller sets them with
-    ``position_ids`` for the duration of a forward and the frequencies are gathered per
-    token: ``[s, b, 1, d]`` instead of ``[s, 1, 1, d]``. THD (packed) forwards leave it unset:
-    megatron-core then restarts the positions at every ``cu_seqlens_q_padded`` offset itself.
+    ``GPTModel`` only knows positions ``0..s-1``; NVLM-D's batches carry ``position_ids`` (restarting
+    at each packed sample, or shifted by left padding in generation), so ``NVLMDModel`` asks
+    ``at_positions`` for one frequency per token: ``[s, b, 1, d]`` instead of ``[s, 1, 1, d]``.
+    Calling the module itself is megatron's own behaviour (THD packs restart from ``cu_seqlens``).
     """
 
     def __init__(self, inner: torch.nn.Module):
         super().__init__()
         self.inner = inner
-        self.position_ids: torch.Tensor | None = None
 
     def get_rotary_seq_len(self, *args, **kwargs):
         return self.inner.get_rotary_seq_len(*args, **kwargs)
 
     def forward(self, max_seq_len: int, *args, **kwargs) -> torch.Tensor:
-        if self.position_ids is None:
-            return self.inner(max_seq_len, *args, **kwargs)
-        pos = self.position_ids  # [b, s]
-        freqs = self.inner(int(pos.max().item()) + 1, *args, **kwargs)  # [p, 1, 1, d]
-        return freqs[:, 0, 0, :][pos.t()].unsqueeze(2)  # [s, b, 1, d]
+        return self.inner(max_seq_len, *args, **kwargs)  # [max_seq_len, 1, 1, d]
+
+    def at_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """[b, s] positions -> [s, b, 1, d] frequencies."""
+        freqs = self.inner(int(position_ids.max().item()) + 1)  # [p, 1, 1, d]
+        return freqs[:, 0, 0, :][position_ids.t()].unsqueeze(2)  # [s, b, 1, d]
 
 
 def build_qwen2(
@@ -61,3 +60,28 @@ def build_qwen2(
     )
     model.rotary_pos_emb = PositionIdRotaryEmbedding(model.rotary_pos_emb)
     return model
+
+
+def run_language_model(
+    lm: GPTModel,
+    decoder_input: torch.Tensor | None,  # [s, b, h] on the first stage; None later (set_input_tensor)
+    rotary_pos_emb: torch.Tensor,  # [s, b, 1, d] per token, or megatron's [s, 1, 1, d] for THD
+    attention_mask: torch.Tensor | None = None,  # [b, 1, sq, sk] bool, True = masked
+    packed_seq_params=None,
+    inference_context=None,
+    last_token_only: bool = False,
+) -> torch.Tensor:
+    """``GPTModel.forward`` without labels, composed from its parts so the RoPE frequencies are explicit.
+
+    Last stage: vocab-parallel logits [b, s, V/tp] (s = 1 with ``last_token_only``); other stages:
+    hidden states [s, b, h]. The decoder call and the output layer are exactly ``GPTModel``'s.
+    """
+    hidden = lm.decoder(hidden_states=decoder_input, attention_mask=attention_mask,
+                        inference_context=inference_context, rotary_pos_emb=rotary_pos_emb,
+                        packed_seq_params=packed_seq_params)  # [s, b, h]
+    if not lm.post_process:
+        return hidden
+    if last_token_only:
+        hidden = hidden[-1:]  # [1, b, h]
+    logits, _ = lm.output_layer(hidden)  # [s, b, V/tp]
+    return logits.transpose(0, 1).contiguous()  # [b, s, V/tp]

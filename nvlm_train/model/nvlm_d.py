@@ -18,7 +18,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.model.internvit import InternViT
-from nvlm_train.model.language import build_qwen2
+from nvlm_train.model.language import build_qwen2, run_language_model
 from nvlm_train.model.loss import token_cross_entropy
 from nvlm_train.model.packing import (
     PackedRows,
@@ -35,14 +35,18 @@ class ImageTokenMismatchError(ValueError):
 
 
 def splice_image_embeddings(
-    text_embeds: torch.Tensor, tokens: torch.Tensor, image_embeds: torch.Tensor, image_token_id: int
+    text_embeds: torch.Tensor, tokens: torch.Tensor, image_embeds: torch.Tensor, image_token_id: int,
+    image_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Put ``image_embeds`` ([t, h], in order) at the image-token positions of ``tokens`` ([b, s]).
 
     ``text_embeds`` is [s, b, h]; positions are filled row-major over the batch, the order in
-    which the data pipeline lays out the tiles.
+    which the data pipeline lays out the tiles. ``image_mask`` ([b, s] bool) narrows the slots to
+    the prompt's (generation: an image-context token the model generates is text, as in HF).
     """
     is_image = tokens == image_token_id  # [b, s]
+    if image_mask is not None:
+        is_image = is_image & image_mask
     n_slots = int(is_image.sum())
     if n_slots != image_embeds.shape[0]:
         raise ImageTokenMismatchError(
@@ -143,13 +147,22 @@ class NVLMDModel(MegatronModule):
         pixel_values: torch.Tensor | None = None,  # [tiles, 3, H, W]
         seq_boundaries: torch.Tensor | None = None,  # [b, n+1]
         num_samples: torch.Tensor | None = None,  # [b]; without it trailing padding counts as a sample
+        *,
+        attention_mask: torch.Tensor | None = None,  # [b, 1, sq, sk] bool, True = masked (generation)
+        inference_context=None,  # megatron StaticInferenceContext: the KV cache (generation)
+        rotary_position_ids: torch.Tensor | None = None,  # [b, sk]: positions of every cached slot
+        image_mask: torch.Tensor | None = None,  # [b, s] bool: image-context slots to fill
+        last_token_only: bool = False,
     ) -> torch.Tensor:
         """Last stage: per-token loss [b, s] given ``labels``, else vocab-parallel logits [b, s, V/tp].
 
-        Other stages return hidden states [s, b, h] for the next stage.
+        Other stages return hidden states [s, b, h] for the next stage. Generation passes an explicit
+        ``attention_mask`` (left padding) and, with a KV cache, ``rotary_position_ids`` for every slot
+        up to the current one (megatron slices queries at the cache offset and keys from 0).
         """
         b, s = tokens.shape
-        packed = self.packed_params(tokens, position_ids, seq_boundaries, num_samples)
+        generating = attention_mask is not None or inference_context is not None
+        packed = None if generating else self.packed_params(tokens, position_ids, seq_boundaries, num_samples)
         decoder_input = None
         if self.pre_process:
             text = self.language_model.embedding(input_ids=tokens, position_ids=position_ids)  # [s, b, h]
@@ -160,7 +173,8 @@ class NVLMDModel(MegatronModule):
                 image = self._project(vit_out)
             else:
                 image = text.new_zeros(0, text.shape[-1])
-            decoder_input = splice_image_embeddings(text, tokens, image, self.image_token_id)  # [s, b, h]
+            decoder_input = splice_image_embeddings(text, tokens, image, self.image_token_id,
+                                                    image_mask)  # [s, b, h]
             if packed is not None:
                 decoder_input = to_pack(decoder_input)  # [b * s, 1, h]
         stage_input = self._stage_input
@@ -168,14 +182,15 @@ class NVLMDModel(MegatronModule):
             stage_input = to_pack(stage_input)
         self.language_model.set_input_tensor(stage_input)
         rope = self.language_model.rotary_pos_emb
-        rope.position_ids = None if packed is not None else position_ids  # THD: restarts from cu_seqlens
-        try:
-            out = self.language_model(
-                input_ids=tokens, position_ids=position_ids, attention_mask=None, decoder_input=decoder_input,
-                packed_seq_params=packed,
-            )  # last stage: logits [b, s, V/tp] ([1, b * s, V/tp] packed); otherwise [s, b, h] ([b * s, 1, h])
-        finally:
-            rope.position_ids = None
+        if packed is not None:  # THD: megatron's frequencies, restarted at every cu_seqlens offset
+            rotary = rope(rope.get_rotary_seq_len(None, self.language_model.decoder, decoder_input,
+                                                  self.config, packed), packed_seq=True)
+        else:
+            rotary = rope.at_positions(position_ids if rotary_position_ids is None else rotary_position_ids)
+        out = run_language_model(
+            self.language_model, decoder_input, rotary, attention_mask=attention_mask, packed_seq_params=packed,
+            inference_context=inference_context, last_token_only=last_token_only,
+        )  # last stage: logits [b, s, V/tp] ([1, b * s, V/tp] packed); otherwise [s, b, h] ([b * s, 1, h])
         if packed is not None:
             out = out.reshape(b, s, -1) if self.post_process else from_pack(out, b, s)
         if self.post_process and labels is not None:
