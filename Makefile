@@ -29,7 +29,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q tests
 
 demo: setup
-	$(PY) -m nvlm_train.demo
+	$(PY) -m nvlm_train.cli.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -5,7 +5,7 @@
 #   2b. bench/packed_attention.py: packed rows through varlen_attn equal their samples alone (bf16, outputs
 #      and gradients), and dense mask vs varlen vs causal flash at 3200 / 8192 tokens (72B-TP8, 2B heads);
 #   3. two short single-GPU training runs, tiles cut by the workers vs on the GPU: same losses;
-#   4. the demo (`python -m nvlm_train.demo`) end to end on one GPU, with a time limit; DEMO_ITERS=N
+#   4. the demo (`python -m nvlm_train.cli.demo`) end to end on one GPU, with a time limit; DEMO_ITERS=N
 #      shortens it (then only a crash fails the step: status 3, accuracy below target, is expected).
 # Logs go to $OUT (default /tmp/gpu_checks). Exits non-zero if any step failed.
 # Usage: bash bench/gpu_checks.sh [DEMO_WORKDIR]   (a workdir holding prebuilt demo data saves ~1 min)
@@ -39,7 +39,7 @@ timeout 300 $PY bench/packed_attention.py 2> "$OUT/packed_attention.log" | tee "
 step "3. training: tiles cut by the workers vs on the GPU"
 data="$DEMO_DIR/data"
 for route in worker device; do
-  timeout 150 $PY -m nvlm_train.train experiment=demo "run.dir=$WORK/$route" run.wandb_mode=disabled \
+  timeout 150 $PY -m nvlm_train.cli.train experiment=demo "run.dir=$WORK/$route" run.wandb_mode=disabled \
     "data.cache_dir=$data" data.demo_train_samples=8000 data.demo_heldout_samples=200 train.seed=1234 \
     train.iters=30 train.log_interval=5 train.eval_interval=15 train.eval_iters=2 train.save_interval=30 \
     train.micro_batch_size=8 train.global_batch_size=16 data.max_tiles=6 data.num_workers=2 \
@@ -62,7 +62,7 @@ EOF
 
 step "4. the demo on one GPU"
 iters=${DEMO_ITERS:-1600}
-timeout 330 $PY -m nvlm_train.demo --workdir "$DEMO_DIR" --iters "$iters" 2>&1 | tee "$OUT/demo.log" \
+timeout 330 $PY -m nvlm_train.cli.demo --workdir "$DEMO_DIR" --iters "$iters" 2>&1 | tee "$OUT/demo.log" \
   | grep -vE "^iter |[Ww]arn" | tail -25
 rc=${PIPESTATUS[0]}
 echo "demo exit status $rc"

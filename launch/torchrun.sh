@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Per-node launcher: torchrun with N processes running `python -m nvlm_train.train`.
+# Per-node launcher: torchrun with N processes running `python -m nvlm_train.cli.train`.
 #
 #   launch/torchrun.sh [NPROC] [HYDRA_OVERRIDE ...]
 #   NPROC=8 launch/torchrun.sh experiment=nvlm_d_2b parallel.tp=4
@@ -12,7 +12,7 @@ usage() {
   cat <<'EOF'
 Usage: launch/torchrun.sh [NPROC] [HYDRA_OVERRIDE ...]
 
-Runs the NVLM-D trainer (python -m nvlm_train.train) under torchrun on this machine.
+Runs the NVLM-D trainer (python -m nvlm_train.cli.train) under torchrun on this machine.
 
   NPROC            processes on this node: the first argument if it is a number, else the
                    NPROC environment variable, else the number of visible GPUs, else 1.
@@ -41,7 +41,7 @@ Examples:
   NPROC=8 launch/torchrun.sh experiment=nvlm_d_72b_sft run.dir=runs/sft
 
 Sweeps (-m) run their jobs one after another in each process: run them without torchrun
-(python -m nvlm_train.train -m ..., one process) or on SLURM (hydra/launcher=slurm); see docs/launch.md.
+(python -m nvlm_train.cli.train -m ..., one process) or on SLURM (hydra/launcher=slurm); see docs/launch.md.
 EOF
 }
 
@@ -100,7 +100,7 @@ read -r -a extra <<<"${TORCHRUN_ARGS:-}"
 trap '' USR1 TERM INT
 export PET_SIGNALS_TO_HANDLE="SIGHUP,SIGQUIT"
 "$PYTHON" -m torch.distributed.run "${rdzv[@]}" --nproc-per-node "$nproc" ${extra[@]+"${extra[@]}"} \
-  -m nvlm_train.train "$@" &
+  -m nvlm_train.cli.train "$@" &
 launcher=$!
 
 children_of() {

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.multirank
 def test_fast_demo_end_to_end(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nvlm_train.demo", "--fast", "--workdir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "nvlm_train.cli.demo", "--fast", "--workdir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -38,7 +38,7 @@ def test_fast_demo_end_to_end(tmp_path):
     with Image.open(result["loss_curve"]) as img:
         assert img.size == (800, 480)
     # Re-running reuses the data, the finished run and exports again quickly.
-    again = subprocess.run([sys.executable, "-m", "nvlm_train.demo", "--fast", "--workdir", str(tmp_path)],
+    again = subprocess.run([sys.executable, "-m", "nvlm_train.cli.demo", "--fast", "--workdir", str(tmp_path)],
                            capture_output=True, text=True, timeout=900, cwd=REPO)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "reusing synthetic shards" in again.stdout
@@ -46,7 +46,7 @@ def test_fast_demo_end_to_end(tmp_path):
 
 
 def test_a_run_from_other_demo_settings_is_set_aside_not_resumed(tmp_path, capsys):
-    from nvlm_train.demo import set_aside_stale_run
+    from nvlm_train.cli.demo import set_aside_stale_run
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)  # e.g. left by an older demo version: no spec file

@@ -69,7 +69,7 @@ def test_compose_blocks():
                 proc = subprocess.run(tokens, env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
                 assert proc.returncode == 0, proc.stderr[-2000:]
                 continue
-            assert any(t.endswith(("nvlm_train.train", "torchrun.sh", "train.sbatch", "nvlm-train"))
+            assert any(t.endswith(("nvlm_train.cli.train", "torchrun.sh", "train.sbatch", "nvlm-train"))
                        for t in tokens), line
             cfg = to_dataclass(compose_config("train", _overrides(tokens)))
             assert isinstance(cfg, TrainConfig)

@@ -7,7 +7,6 @@ sees the dataclasses returned here, never a DictConfig.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,19 +17,16 @@ from omegaconf import OmegaConf
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.overrides import check_overrides
 from nvlm_train.config.train import TrainConfig
+from nvlm_train.resources import resource_dir
 
 
 def config_dir() -> Path:
-    """``configs/`` of this checkout (override with NVLM_CONFIG_DIR).
+    """``configs/`` of this installation (``nvlm_train.resources``; override with NVLM_CONFIG_DIR).
 
-    An absolute path, found from this package's location: Hydra resolves a relative ``config_path``
-    against the package when the app runs as the ``nvlm-train`` console script, not as a file.
+    An absolute path: Hydra resolves a relative ``config_path`` against the package when the app runs
+    as the ``nvlm-train`` console script, not as a file.
     """
-    env = os.environ.get("NVLM_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "configs"
-    if not path.is_dir():
-        raise FileNotFoundError(f"config directory {path} not found; set NVLM_CONFIG_DIR to the repo's configs/")
-    return path
+    return resource_dir("configs")
 
 
 def config_groups() -> frozenset[str]:

@@ -13,10 +13,9 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from nvlm_train.config.errors import ConfigError
+from nvlm_train.config.limits import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PIXELS
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
-from nvlm_train.data.images import DEFAULT_MAX_PIXELS
-from nvlm_train.data.shards import DEFAULT_MAX_MEMBER_BYTES
 from nvlm_train.hf.conversation import PROMPT_FORMATS
 from nvlm_train.vision.route import TILE_ON_CHOICES
 from nvlm_train.vision.tiling import DEFAULT_MAX_TILES

@@ -23,7 +23,7 @@ from nvlm_train.checkpoint.saved_run import SavedRun
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.convert.hf_config import generation_config_for, hf_config_for
-from nvlm_train.convert.mapping import MCORE_TO_HF, Rule, expand, padding_sizes
+from nvlm_train.convert.mapping import RULES, Rule, expand, padding_sizes
 from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.safetensors_writer import ShardedSafetensorsWriter, TensorPlan
 from nvlm_train.convert.transforms import TRANSFORMS, Dims
@@ -109,7 +109,7 @@ def _check_model_keys(reader: DistCheckpointReader, rules: list[Rule], model: Mo
 def plan_export(reader: DistCheckpointReader, model: ModelConfig, dtype: torch.dtype | None,
                 layout: HFLayout = HFLayout.RELEASED) -> tuple[list[Rule], list[TensorPlan], torch.dtype]:
     """Rules in write order and the HF tensors they produce (computed on the meta device)."""
-    rules = expand(MCORE_TO_HF, model)
+    rules = expand(RULES, model)
     _check_model_keys(reader, rules, model)
     sizes, dims = padding_sizes(model), dims_of(model, layout.vit_dummy_heads)
     out_dtype = dtype or reader.dtype(stored_key(rules[0])[0])

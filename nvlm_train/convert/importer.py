@@ -34,7 +34,7 @@ from nvlm_train.convert.hf_config import (
     read_json,
 )
 from nvlm_train.convert.hf_source import HFWeights, check_keys
-from nvlm_train.convert.mapping import HF_TO_MCORE, expand
+from nvlm_train.convert.mapping import RULES, expand
 from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.transforms import TRANSFORMS, DummyHeadError
 from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, get_prompt_format
@@ -163,7 +163,7 @@ def _producer(plan: ImportPlan, chunk, weights: HFWeights, padded_vocab: int, pa
     """``produce(param)`` for the streaming save: one parameter's values, made from the HF tensors."""
     from nvlm_train.model.layout import full_shape, global_name, param_layout
 
-    rules = {r.mcore: r for r in expand(HF_TO_MCORE, plan.model)}
+    rules = {r.mcore: r for r in expand(RULES, plan.model)}
     dims = dims_of(plan.model, plan.vit_dummy_heads)
     names = {id(p): global_name(local, chunk) for local, p in chunk.named_parameters()}
     unmapped = [n for n in names.values() if n not in rules and not n.startswith("projector.")]

@@ -1,7 +1,7 @@
-"""The declarative key tables: which megatron tensor becomes which HF tensors, and back.
+"""The declarative key table: which megatron tensor becomes which HF tensors, and back.
 
 Megatron names are our model's global parameter names (``...decoder.layers.{i}...`` counted over the
-whole tower); HF names are the NVLM-D layout of DESIGN.md section 2. ``op`` names a transform of
+whole tower); HF names are the released NVLM-D-72B layout. ``op`` names a transform of
 ``transforms.TRANSFORMS``. ``narrow`` (export only) strips megatron padding before the transform:
 ``(dim, size)`` keeps the first ``size`` entries along ``dim`` where ``size`` is looked up in
 ``padding_sizes`` (zero vision heads appended at the end, vocabulary rows appended at the end).
@@ -41,8 +41,10 @@ def _r(mcore: str, hf: str | tuple[str, ...], op: str = "copy", narrow: tuple[in
     return Rule(mcore, (hf,) if isinstance(hf, str) else hf, op, narrow)
 
 
-# mcore -> HF: export. Order is the order tensors are written in.
-MCORE_TO_HF: tuple[Rule, ...] = (
+# One table for both directions. Export (mcore -> HF) writes tensors in this order and narrows away
+# megatron's padding; import (HF -> mcore) ignores ``narrow``: the model's own layout pads
+# (``ParamLayout.shard``).
+RULES: tuple[Rule, ...] = (
     _r(V + "class_embedding", HV + "class_embedding"),
     _r(V + "position_embedding", HV + "position_embedding"),
     _r(V + "patch_embedding.weight", HV + "patch_embedding.weight"),
@@ -76,43 +78,6 @@ MCORE_TO_HF: tuple[Rule, ...] = (
     _r(L + "decoder.final_layernorm.weight", HL + "norm.weight"),
     _r(L + "output_layer.weight", "language_model.lm_head.weight", narrow=(0, "vocab")),
 )
-
-# HF -> mcore: import. Padding is added by the model's own layout (``ParamLayout.shard``), so no narrow.
-HF_TO_MCORE: tuple[Rule, ...] = (
-    _r(V + "class_embedding", HV + "class_embedding"),
-    _r(V + "position_embedding", HV + "position_embedding"),
-    _r(V + "patch_embedding.weight", HV + "patch_embedding.weight"),
-    _r(V + "patch_embedding.bias", HV + "patch_embedding.bias"),
-    _r(VL + "input_layernorm.weight", HVL + "norm1.weight"),
-    _r(VL + "self_attention.linear_qkv.weight", HVL + "attn.qkv.weight", "vit_qkv"),
-    _r(VL + "self_attention.q_layernorm.weight", HVL + "attn.q_norm.weight", "vit_heads"),
-    _r(VL + "self_attention.k_layernorm.weight", HVL + "attn.k_norm.weight", "vit_heads"),
-    _r(VL + "self_attention.linear_proj.weight", HVL + "attn.proj.weight", "vit_proj"),
-    _r(VL + "self_attention.linear_proj.bias", HVL + "attn.proj.bias"),
-    _r(VL + "self_attention.layer_scale.weight", HVL + "ls1"),
-    _r(VL + "pre_mlp_layernorm.weight", HVL + "norm2.weight"),
-    _r(VL + "mlp.linear_fc1.weight", HVL + "mlp.fc1.weight"),
-    _r(VL + "mlp.linear_fc1.bias", HVL + "mlp.fc1.bias"),
-    _r(VL + "mlp.linear_fc2.weight", HVL + "mlp.fc2.weight"),
-    _r(VL + "mlp.linear_fc2.bias", HVL + "mlp.fc2.bias"),
-    _r(VL + "mlp.layer_scale.weight", HVL + "ls2"),
-    _r("projector.layer_norm.weight", "mlp1.0.weight"),
-    _r("projector.layer_norm.bias", "mlp1.0.bias"),
-    _r("projector.linear_fc1.weight", "mlp1.1.weight"),
-    _r("projector.linear_fc2.weight", "mlp1.3.weight"),
-    _r(L + "embedding.word_embeddings.weight", HL + "embed_tokens.weight"),
-    _r(LL + "input_layernorm.weight", HLL + "input_layernorm.weight"),
-    _r(LL + "self_attention.linear_qkv.weight",
-       tuple(HLL + f"self_attn.{p}_proj.weight" for p in "qkv"), "gqa_qkv"),
-    _r(LL + "self_attention.linear_qkv.bias", tuple(HLL + f"self_attn.{p}_proj.bias" for p in "qkv"), "gqa_qkv"),
-    _r(LL + "self_attention.linear_proj.weight", HLL + "self_attn.o_proj.weight"),
-    _r(LL + "pre_mlp_layernorm.weight", HLL + "post_attention_layernorm.weight"),
-    _r(LL + "mlp.linear_fc1.weight", (HLL + "mlp.gate_proj.weight", HLL + "mlp.up_proj.weight"), "gate_up"),
-    _r(LL + "mlp.linear_fc2.weight", HLL + "mlp.down_proj.weight"),
-    _r(L + "decoder.final_layernorm.weight", HL + "norm.weight"),
-    _r(L + "output_layer.weight", "language_model.lm_head.weight"),
-)
-
 
 def _tower(rule: Rule) -> str:
     return rule.mcore.split(".", 1)[0]

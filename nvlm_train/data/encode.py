@@ -1,6 +1,6 @@
 """Conversation -> token ids, assistant-target flags and normalised tiles, within the token budget.
 
-Budget (issue 3): a sample that does not fit ``seq_length`` is retried with fewer tiles per image
+Budget: a sample that does not fit ``seq_length`` is retried with fewer tiles per image
 (``max_tiles`` -> 8 -> 6 -> 4 -> 2 -> 1, the budget split between images), then dropped as
 ``too_long``. Tile counts come from image sizes alone, so pixels are decoded once, after the choice.
 """

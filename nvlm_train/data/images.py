@@ -7,10 +7,10 @@ import warnings
 
 from PIL import Image
 
+from nvlm_train.config.limits import DEFAULT_MAX_PIXELS
 from nvlm_train.data.errors import CORRUPT_IMAGE, DECOMPRESSION_BOMB, SampleError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nvlm_train.config.limits import DEFAULT_MAX_MEMBER_BYTES
 from nvlm_train.data import errors
 from nvlm_train.data.encode import EncodedSample, EncodeOptions, encode_conversation
 from nvlm_train.data.errors import DataQualityError, RateLimitedWarner, SampleError, SkipPolicy
@@ -32,7 +33,6 @@ from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS, get_pr
 from nvlm_train.data.recipe import DatasetSpec, Recipe, load_recipe
 from nvlm_train.data.samples import parse_sample
 from nvlm_train.data.shards import (
-    DEFAULT_MAX_MEMBER_BYTES,
     ShardIndex,
     ShardReader,
     default_cache_dir,

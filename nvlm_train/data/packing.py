@@ -1,6 +1,6 @@
 """Rows and batches: pack encoded samples into fixed-length rows and build the batch dict.
 
-Batch contract (DESIGN.md section 4 / issue 3): ``tokens``, ``labels`` (next token within the same
+Batch contract (docs/architecture.md): ``tokens``, ``labels`` (next token within the same
 sample), ``loss_mask`` (1 where the label is an assistant token; 0 on the last position of each
 sample and on padding), ``position_ids`` (restart per sample), ``seq_boundaries`` (cumulative
 segment starts per row, trailing padding its own segment, rows padded by repeating s),

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from nvlm_train.data.samples import DEFAULT_CAPTION_PROMPT, KINDS, SampleOptions
+from nvlm_train.resources import resource_dir
 
 DATASET_KEYS = {"name", "paths", "weight", "kind", "max_tiles", "caption_prompt", "system_prompt"}
 OPTION_KEYS = DATASET_KEYS - {"name", "paths", "weight"}
@@ -63,9 +64,8 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    """``$NVLM_RECIPES_DIR`` or the repository's ``data_recipes/``."""
-    env = os.environ.get("NVLM_RECIPES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data_recipes"
+    """``data_recipes/`` of this installation (``nvlm_train.resources``; override with NVLM_RECIPES_DIR)."""
+    return resource_dir("data_recipes")
 
 
 def available_recipes() -> list[str]:

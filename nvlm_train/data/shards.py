@@ -19,6 +19,7 @@ from pathlib import Path
 
 import braceexpand
 
+from nvlm_train.config.limits import DEFAULT_MAX_MEMBER_BYTES
 from nvlm_train.data.errors import (
     DUPLICATE_KEY,
     EMPTY_SHARD,
@@ -29,7 +30,6 @@ from nvlm_train.data.errors import (
 )
 
 INDEX_VERSION = 2
-DEFAULT_MAX_MEMBER_BYTES = 256 * 1024**2  # one member (an image, a JSON) larger than this is left out
 _KEY_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 
 

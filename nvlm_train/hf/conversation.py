@@ -2,7 +2,7 @@
 
 Copied flat into HF export directories and imported by the training data pipeline, so training
 samples, our evaluation, our HF ``chat()`` and the exported tokenizer's ``chat_template`` render the
-same string. Named presets (DESIGN.md section 1):
+same string. Named presets:
 
 * ``nvlm_d`` -- exactly the released ``chat()`` (template ``chatml``, "MPT" separators): system
   ``Answer the questions.``, **no newline after** ``<|im_end|>``::

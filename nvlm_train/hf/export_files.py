@@ -1,8 +1,8 @@
 """Writing HF NVLM-D export directories: ``config.json`` builder, modeling-file copy, sharded safetensors.
 
 The exporter maps our training config onto :class:`NVLMDSpec` (plain numbers) and calls
-:func:`build_hf_config`; weights go through :func:`save_sharded_safetensors` under the key names of
-:func:`hf_param_shapes` (DESIGN.md section 2).
+:func:`build_hf_config`; weights are written (``convert.safetensors_writer``) under the key names of
+:func:`hf_param_shapes` (the released NVLM-D-72B files).
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def build_hf_config(spec: NVLMDSpec) -> dict:
 
 
 def nvlm_d_72b_spec() -> NVLMDSpec:
-    """The published NVLM-D-72B numbers (DESIGN.md section 1), rope scaling included."""
+    """The published NVLM-D-72B numbers (model card and released config.json), rope scaling included."""
     spec = NVLMDSpec()
     spec.llm.rope_scaling = {"factor": 3.0, "type": "dynamic"}
     return spec
@@ -251,36 +251,3 @@ def hf_param_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = NVLM_D_Model(cfg)
     return {k: tuple(t.shape) for k, t in model.state_dict().items()}
-
-
-def save_sharded_safetensors(state_dict, out_dir, max_shard_bytes: int = 5 * 1024**3) -> list[Path]:
-    """Write ``model-0000i-of-0000n.safetensors`` shards + ``model.safetensors.index.json`` (HF layout).
-
-    Tensors are made contiguous and cloned where they share storage. Keys are written in sorted order.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    shards: list[dict] = [{}]
-    sizes = [0]
-    total = 0
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().contiguous().cpu()
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
-            shards.append({})
-            sizes.append(0)
-        shards[-1][key] = t.clone() if t.untyped_storage().nbytes() != nbytes else t
-        sizes[-1] += nbytes
-        total += nbytes
-    n = len(shards)
-    weight_map, paths = {}, []
-    for i, shard in enumerate(shards, start=1):
-        name = f"model-{i:05d}-of-{n:05d}.safetensors"
-        save_file(shard, str(out / name), metadata={"format": "pt"})
-        paths.append(out / name)
-        weight_map.update({k: name for k in shard})
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return paths

@@ -37,9 +37,9 @@ def write_released_tiny_export(out: Path, tokenizer_dir: Path, seed: int = 3) ->
     import shutil
 
     from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
-    from nvlm_train.hf.export_files import copy_modeling_files, save_sharded_safetensors
+    from nvlm_train.hf.export_files import copy_modeling_files
     from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model
-    from nvlm_train.hf.testing import TOKENIZER_FILES, randomize_
+    from tests.fixtures.hf_builders import TOKENIZER_FILES, randomize_, save_sharded_safetensors
 
     cfg = released_tiny_config()
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +56,7 @@ def write_released_tiny_export(out: Path, tokenizer_dir: Path, seed: int = 3) ->
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, "-m", "nvlm_train.convert.cli", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "nvlm_train.cli.convert", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"nvlm-convert {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")

@@ -50,7 +50,7 @@ def test_wrong_folders(hf_source, ckpt_tp1, tmp_path):
 
 
 def test_model_config_preset_mismatch(tmp_path):
-    from nvlm_train.hf.testing import build_tiny_export
+    from tests.fixtures.hf_builders import build_tiny_export
 
     other = build_tiny_export(tmp_path / "other", seed=0)  # a different tiny architecture
     expected = "(?s)differs from --model-config nvlm_d_tiny:.*model.vision.hidden_size: HF 40, nvlm_d_tiny 80"

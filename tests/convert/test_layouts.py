@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from nvlm_train.convert.export import ExportOptions, export_checkpoint
-from nvlm_train.hf.export_files import save_sharded_safetensors
 from tests.convert.helpers import REPO, assert_bit_identical, cli, load_export
 from tests.convert.workers import resave_worker
 from tests.dist import run_ranks
+from tests.fixtures.hf_builders import save_sharded_safetensors
 
 pytestmark = pytest.mark.multirank
 
@@ -115,7 +115,7 @@ def test_verify_cli_fails_on_a_wrong_export(checkpoints, exports, tmp_path):
 
 
 def _released_vit_reference(state: dict, vc: dict, pixels: torch.Tensor) -> torch.Tensor:
-    """InternViT as DESIGN.md describes the released NVLM-D attention, written from that text: qkv rows
+    """InternViT as the released NVLM-D attention is described (docs/architecture.md), written from that text: qkv rows
     [Q 32 heads; K 32 heads; V 32 heads] (real heads, then zero dummies), q/k RMSNorm dividing the sum of
     squares of the first C channels by C and scaling all (heads + dummies) x head_dim channels, attention
     over all the stored heads, proj from the stored width. No final norm; class token kept."""

@@ -54,7 +54,7 @@ def test_one_image_in_each_preset(fmt, nl):
 
 
 def test_released_single_image_question_exactly():
-    """DESIGN.md section 1's one-image question, with <image> expanded (1 tile of 2 tokens)."""
+    """The released chat()'s one-image question, with <image> expanded (1 tile of 2 tokens)."""
     s = format_chatml([("user", "<image>\nQUESTION")], [1], 2, system="Answer the questions.",
                       add_generation_prompt=True, fmt="nvlm_d")
     assert s == (f"<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n"

@@ -1,6 +1,6 @@
 import pytest
 
-from nvlm_train.hf.testing import build_tiny_export
+from tests.fixtures.hf_builders import build_tiny_export
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from nvlm_train.hf import MODELING_FILES
 from nvlm_train.hf.export_files import build_hf_config, copy_modeling_files, nvlm_d_72b_spec
-from nvlm_train.hf.testing import card_load_image
+from tests.fixtures.hf_builders import card_load_image
 
 
 def _load_card(path, dtype=torch.bfloat16, auto_class=AutoModel):

@@ -8,7 +8,7 @@ from transformers import Qwen2ForCausalLM
 from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
 from nvlm_train.hf.export_files import build_hf_config, hf_param_shapes, nvlm_d_72b_spec
 from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model, pixel_shuffle
-from nvlm_train.hf.testing import build_tiny_model
+from tests.fixtures.hf_builders import build_tiny_model
 
 IMG = 3  # image-context token id in the tiny spec
 
@@ -137,7 +137,7 @@ def _meta_shapes(config: dict) -> dict:
 
 @pytest.mark.parametrize("source", ["released config.json", "our 72B spec"])
 def test_72b_shapes_and_parameter_count(source):
-    """The released NVLM-D-72B layout (DESIGN.md sections 1-2): 7 zero dummy ViT heads appended."""
+    """The released NVLM-D-72B layout (the released files): 7 zero dummy ViT heads appended."""
     if source == "released config.json":
         shapes = _meta_shapes(json.loads(RELEASED_CONFIG.read_text()))
     else:

@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import AutoModel, AutoTokenizer
 
 from nvlm_train.hf.conversation import build_chat_prompt, expand_image_placeholders
-from nvlm_train.hf.testing import build_tiny_export, card_load_image
+from tests.fixtures.hf_builders import build_tiny_export, card_load_image
 
 
 def test_prompt_layout_matches_data_pipeline():

@@ -32,7 +32,7 @@ def test_image_strings_exact():
 
 
 def test_chat_prompt_released_format_with_image_and_history():
-    """The released chat()'s MPT-style chatml prompt (DESIGN.md section 1), written out by hand."""
+    """The released chat()'s MPT-style chatml prompt (its conversation.py), written out by hand."""
     prompt = build_chat_prompt("<image>\nWhat is it?", history=[("Hi", "Hello!")],
                                system="Answer the questions.")
     assert prompt == (

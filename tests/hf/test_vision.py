@@ -3,7 +3,7 @@ import torch
 
 from nvlm_train.hf.configuration_intern_vit import InternVisionConfig
 from nvlm_train.hf.modeling_intern_vit import InternVisionModel
-from nvlm_train.hf.testing import randomize_
+from tests.fixtures.hf_builders import randomize_
 
 
 def _ours(heads=5, head_dim=8, layers=2, image_size=56, seed=0, dummy=0):

@@ -15,7 +15,7 @@ from tests.launch.helpers import latest_checkpoint, read_metrics, subprocess_env
 @pytest.mark.slow
 def test_local_sweep_runs_each_job_in_its_own_run_dir(tmp_path, demo_cache):
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "nvlm_train.train", "-m",
+    cmd = [sys.executable, "-m", "nvlm_train.cli.train", "-m",
            *tiny_overrides(demo_cache, **{"train.iters": 2, "train.save_interval": 2}),
            f"hydra.sweep.dir={sweep}", "run.dir=${hydra:runtime.output_dir}", "optimizer.lr=1e-3,4e-3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env(), cwd=tmp_path)
@@ -41,7 +41,7 @@ def test_local_sweep_runs_each_job_in_its_own_run_dir(tmp_path, demo_cache):
 def test_slurm_launcher_config_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                         reason="hydra-submitit-launcher is not installed (pip install hydra-submitit-launcher)")
-    cmd = [sys.executable, "-m", "nvlm_train.train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+    cmd = [sys.executable, "-m", "nvlm_train.cli.train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
            "--cfg", "all", "--resolve"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-4000:]

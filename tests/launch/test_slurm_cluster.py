@@ -146,7 +146,7 @@ def test_hydra_submitit_sweep_on_slurm(slurm, tmp_path, demo_cache):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
                         reason="hydra-submitit-launcher is not installed (pip install hydra-submitit-launcher)")
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "nvlm_train.train", "-m",
+    cmd = [sys.executable, "-m", "nvlm_train.cli.train", "-m",
            "hydra/launcher=slurm", f"hydra.launcher.partition={slurm.partition}",
            "hydra.launcher.tasks_per_node=2", "hydra.launcher.gpus_per_node=null",
            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",

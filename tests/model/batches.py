@@ -1,4 +1,4 @@
-"""Synthetic micro-batches following the batch contract (DESIGN.md section 4), built by hand.
+"""Synthetic micro-batches following the batch contract (docs/architecture.md, Contracts), built by hand.
 
 A row is a list of samples; a sample is a list of segments: ("text", n) for n text tokens,
 ("image", tiles) for an image run of tiles x tokens_per_tile image-context tokens.

@@ -23,7 +23,7 @@ def base_overrides(cache: Path, run_dir: Path, iters: int = 4) -> list[str]:
     ]
 
 
-TRAIN_MODULE = "nvlm_train.train"
+TRAIN_MODULE = "nvlm_train.cli.train"
 
 
 def train_command(nproc: int, overrides: list[str], module: str = TRAIN_MODULE) -> list[str]:

@@ -18,6 +18,6 @@ def _die(*args, **kwargs) -> None:
 
 if __name__ == "__main__":
     ckpt_dist._publish = _die
-    from nvlm_train.train import main
+    from nvlm_train.cli.train import main
 
     main()

@@ -67,7 +67,7 @@ def test_sigterm_saves_and_exits_zero_on_every_rank(data_cache, tmp_path):
     _wait(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, proc)
     # Signal one worker only (as a scheduler might): the ranks agree and all save together.
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-               if "nvlm_train.train" in " ".join(p.cmdline())]
+               if "nvlm_train.cli.train" in " ".join(p.cmdline())]
     assert len(workers) == 2
     workers[-1].send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)

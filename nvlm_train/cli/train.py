@@ -1,8 +1,8 @@
-"""``nvlm-train`` / ``python -m nvlm_train.train``: the Hydra training app over ``configs/``.
+"""``nvlm-train`` / ``python -m nvlm_train.cli.train``: the Hydra training app over ``configs/``.
 
 Run it under torchrun or srun (or alone for one process)::
 
-    torchrun --nproc-per-node 2 -m nvlm_train.train experiment=demo parallel.tp=2
+    torchrun --nproc-per-node 2 -m nvlm_train.cli.train experiment=demo parallel.tp=2
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
+from nvlm_train.config.store import config_dir
 from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_ACCURACY = 0.90
 MAX_DISAGREEMENT = 0.02
 
@@ -40,8 +40,7 @@ def _run(cmd: list[str], stream: bool = False, env: dict | None = None) -> str:
     """Run a step; stream its output live (training) or capture it; fail loudly."""
     full_env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})}
     if stream:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env=full_env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
         lines = []
         for line in proc.stdout:
             lines.append(line)
@@ -50,7 +49,7 @@ def _run(cmd: list[str], stream: bool = False, env: dict | None = None) -> str:
         if proc.wait() != 0:
             raise SystemExit(f"[demo] step failed ({proc.returncode}): {' '.join(cmd)}\n{''.join(lines[-40:])}")
         return "".join(lines)
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=full_env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
     if proc.returncode != 0:
         raise SystemExit(f"[demo] step failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
     return proc.stdout
@@ -85,8 +84,8 @@ def set_aside_stale_run(run_dir: Path, spec: dict) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nvlm_train.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default=os.environ.get("NVLM_DEMO_DIR", str(REPO / "runs" / "demo")),
+    p = argparse.ArgumentParser(prog="python -m nvlm_train.cli.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=os.environ.get("NVLM_DEMO_DIR", str(Path("runs") / "demo")),
                    help="where the run, the export and the plot go (default: runs/demo)")
     p.add_argument("--iters", type=int, default=1600, help="training iterations")
     p.add_argument("--train-samples", type=int, default=8000, help="synthetic training samples")
@@ -137,10 +136,10 @@ def main(argv=None) -> int:
     configs = ("experiment/demo.yaml", "data/demo.yaml", "model/nvlm_d_tiny.yaml")
     set_aside_stale_run(run_dir, {"overrides": [o for o in overrides if not o.startswith("run.dir=")],
                                   "nproc": nproc, "prompt_format": DEFAULT_PROMPT_FORMAT,
-                                  "configs": {c: hashlib.sha1((REPO / "configs" / c).read_bytes()).hexdigest()
+                                  "configs": {c: hashlib.sha1((config_dir() / c).read_bytes()).hexdigest()
                                               for c in configs}})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "nvlm_train.train", *overrides]
+           "-m", "nvlm_train.cli.train", *overrides]
     _run(cmd, stream=True)
     checkpoint = run_dir / "checkpoints"
     max_tiles = _saved_max_tiles(checkpoint)
@@ -153,7 +152,7 @@ def main(argv=None) -> int:
 
     # 4. export + HF chat accuracy -------------------------------------------------------------------
     _say(f"4/5 exporting to HF ({hf_dir}) and asking model.chat the same questions")
-    _run([sys.executable, "-m", "nvlm_train.convert.cli", "mcore-to-hf", "--checkpoint", str(checkpoint),
+    _run([sys.executable, "-m", "nvlm_train.cli.convert", "mcore-to-hf", "--checkpoint", str(checkpoint),
           "--out", str(hf_dir), "--tokenizer", str(tokenizer), "--dtype", "fp32", "--force"])
     hf = _last_json(_run([sys.executable, "-m", "nvlm_train.inference.hf_eval", "--hf", str(hf_dir),
                           "--data-root", str(data_root), "--max-tiles", str(max_tiles)]))
