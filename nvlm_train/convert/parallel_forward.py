@@ -1,8 +1,10 @@
-"""Our model's full-vocabulary logits at any TP/PP, for ``verify --tp/--pp``.
+"""Our side of ``verify``: the checkpoint at the launched TP/PP through the generation engine.
 
-Runs megatron's own forward-only pipeline schedule (as the trainer's evaluation does), gathers the
-vocab-parallel logits over TP and broadcasts them from the last pipeline stage, so every rank can run
-the same greedy loop. Runs inside ``dist_runtime.run_ranks``.
+Per case it records the prompt's logits, the greedy tokens (one ``generate`` call: prefill + KV-cache
+decode, the engine every tool uses) and a probe of each block's output during the prefill: the ViT
+layers, the projector (``mlp1``) and the LLM layers, under the HF export's module names, at a bounded
+set of rows (``probe_rows``) so that memory does not grow with the prompt. Runs on every rank; each
+pipeline stage reports the layers it holds.
 """
 
 from __future__ import annotations
@@ -10,64 +12,62 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
+
+PROBE_ROWS = 512  # rows (tokens, or ViT patches) kept per block; all of them for shorter inputs
 
 
-def _forward_logits(chunks, ids: torch.Tensor, pixels: torch.Tensor | None, vocab: int) -> torch.Tensor:
-    from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    s = ids.shape[1]
-    device = next(chunks[0].parameters()).device  # CUDA (NCCL) when a GPU is present
-    batch = {"tokens": ids.to(device), "position_ids": torch.arange(s, device=device).unsqueeze(0),
-             "pixel_values": pixels.to(device) if pixels is not None else None}
-
-    def step(data_iterator, model):
-        b = next(data_iterator)
-        out = model(b["tokens"], b["position_ids"], pixel_values=b["pixel_values"])
-        return out, lambda output, non_loss_data=False: output
-
-    iterators = [iter([batch]) for _ in chunks] if len(chunks) > 1 else iter([batch])
-    collected = get_forward_backward_func()(
-        forward_step_func=step, data_iterator=iterators, model=chunks if len(chunks) > 1 else chunks[0],
-        num_microbatches=1, seq_length=s, micro_batch_size=1, forward_only=True, collect_non_loss_data=True)
-    full = torch.empty(1, s, vocab, device=device)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        local = collected[0].float().contiguous()  # [1, s, V_padded / tp]
-        parts = [torch.empty_like(local) for _ in range(ps.get_tensor_model_parallel_world_size())]
-        dist.all_gather(parts, local, group=ps.get_tensor_model_parallel_group())
-        full.copy_(torch.cat(parts, dim=-1)[..., :vocab])
-    if ps.get_pipeline_model_parallel_world_size() > 1:
-        dist.broadcast(full, src=ps.get_pipeline_model_parallel_last_rank(),
-                       group=ps.get_pipeline_model_parallel_group())
-    return full.cpu()
+def probe_rows(n: int, limit: int = PROBE_ROWS) -> torch.Tensor:
+    """Evenly spaced row indices (first and last included); all rows when there are few."""
+    if n <= limit:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, limit).round().long().unique()
 
 
-def run_cases(folder: str, model_cfg, cases: list, max_new_tokens: int, eos: int) -> list:
-    """One rank: load the checkpoint at this TP/PP; per case (logits [1, s, V], greedy tokens)."""
-    from megatron.core import parallel_state as ps
+class Probe:
+    """Forward hooks that keep each named block's first output of a case (the prefill), at ``probe_rows``."""
 
-    from nvlm_train.checkpoint.dist import load_checkpoint
-    from nvlm_train.config.parallel import ParallelConfig
-    from nvlm_train.model.builder import build_model
+    def __init__(self):
+        self.records: dict[str, torch.Tensor] = {}
+        self.handles = []
 
-    parallel = ParallelConfig(tp=ps.get_tensor_model_parallel_world_size(),
-                              pp=ps.get_pipeline_model_parallel_world_size())
-    built = build_model(model_cfg, parallel, initialize=False)
-    load_checkpoint(Path(folder), built.chunks, weights_only=True)
-    chunks = [c.eval() for c in built.chunks]
-    vocab, image_token = model_cfg.language.vocab_size, model_cfg.language.image_token_id
+    def watch(self, module: torch.nn.Module, name: str, to_rows) -> None:
+        def hook(mod, args, output):
+            if name not in self.records:
+                rows = to_rows(output[0] if isinstance(output, tuple) else output)  # [n, h]
+                self.records[name] = rows[probe_rows(rows.shape[0])].detach().float().cpu()
+        self.handles.append(module.register_forward_hook(hook))
+
+    def take(self) -> dict[str, torch.Tensor]:
+        out, self.records = self.records, {}
+        return out
+
+
+def _ours_rows(x: torch.Tensor) -> torch.Tensor:
+    """Megatron [s, b, h] (b = 1 prompt, or ViT tiles) -> HF's row order [b * s, h]."""
+    return x.transpose(0, 1).reshape(-1, x.shape[-1])
+
+
+def watch_ours(chunk, probe: Probe) -> None:
+    if chunk.vision_model is not None:
+        for layer in chunk.vision_model.decoder.layers:
+            probe.watch(layer, f"vision_model.encoder.layers.{layer.layer_number - 1}", _ours_rows)
+        probe.watch(chunk.projector, "mlp1", lambda x: x.reshape(-1, x.shape[-1]))
+    for layer in chunk.language_model.decoder.layers:
+        probe.watch(layer, f"language_model.model.layers.{layer.layer_number - 1}", _ours_rows)
+
+
+def run_cases(folder: str, tokenizer_dir: str, cases: list, max_new_tokens: int, eos: int) -> list:
+    """One rank: per case (prompt logits at probe rows [r, V], greedy tokens, {block: probe [r, h]})."""
+    from nvlm_train.inference.decode import DecodeOptions
+    from nvlm_train.inference.engine import GenerationEngine
+
+    engine = GenerationEngine.from_checkpoint(Path(folder), tokenizer_dir=tokenizer_dir, bf16=False, batch_size=1)
+    probe = Probe()
+    watch_ours(engine.runner.chunk, probe)
     results = []
-    with torch.no_grad():
-        for _, ids, pixels in cases:
-            logits = _forward_logits(chunks, ids, pixels, vocab)
-            greedy, cur = [], ids
-            for step in range(max_new_tokens):
-                step_logits = logits if step == 0 else _forward_logits(chunks, cur, pixels, vocab)
-                nxt = int(step_logits[0, -1].argmax())
-                greedy.append(nxt)
-                if nxt in (eos, image_token):
-                    break
-                cur = torch.cat([cur, torch.tensor([[nxt]])], dim=1)
-            results.append((logits, greedy))
-    return results if dist.get_rank() == 0 else []
+    for _, ids, pixels in cases:
+        opts = DecodeOptions(max_new_tokens=[max_new_tokens], stop_ids=frozenset({eos}), prompt_logits=True)
+        row = engine.generate_ids([ids[0].tolist()], pixels, opts)[0]
+        logits = row.prompt_logits
+        results.append((logits[probe_rows(logits.shape[0])], row.tokens, probe.take()))
+    return results

@@ -1,10 +1,17 @@
-"""Check an HF export against the checkpoint it came from: same logits, same greedy generations.
+"""Check an HF export against the checkpoint it came from, layer by layer: same logits, same greedy tokens.
 
-Our megatron model is loaded from the checkpoint at the TP/PP asked for (distributed checkpoints reshard
-on load, so a checkpoint saved at any TP/PP works; TP1/PP1 runs in this process, larger layouts in
-spawned ranks through megatron's pipeline schedule) and run next to the HF export, both in fp32,
-on four prompts built by the data pipeline: text only, one tile, many tiles, two images. Images are
-synthetic and tiled by the pipeline's ``load_image`` (the model card's semantics).
+Our side: the checkpoint at the TP/PP asked for (dist checkpoints reshard on load; TP1/PP1 in this
+process, larger layouts on spawned ranks), run by the generation engine in fp32 (``parallel_forward``).
+HF side: the export's own modeling code with its weights streamed from the safetensors one block at a
+time (``hf_streaming``), never the whole model. Four prompts built by the data pipeline (text only, one
+tile, many tiles, two images; synthetic images tiled by the model card's ``load_image``). Per prompt:
+the output of every ViT layer, the projector and every LLM layer is compared at up to ``PROBE_ROWS``
+rows, then the logits; the first block past the tolerance is named. Greedy agreement is checked by
+teacher forcing: one HF forward over the prompt plus our greedy tokens must predict each of them.
+
+Peak host memory, beyond our model's share on this host (all of it at TP1 on a CPU; on GPUs it lives
+on the devices): one HF block in fp32 (5.0 GB for NVLM-D-72B's embedding, 3.8 GB per LLM layer), the
+activations of one prompt, and the probes (blocks x 512 rows x hidden, fp32: 141 MB at 72B).
 """
 
 from __future__ import annotations
@@ -28,11 +35,14 @@ class CaseResult:
     ours: list[int]
     hf: list[int]
     image_token_id: int = -1
+    mean_abs_diff: float = 0.0
+    first_diverging: str | None = None  # the first block (HF module name) past the tolerance
+    first_diverging_diff: float = 0.0  # its max |difference| relative to max(1, max |HF output|)
+    blocks_compared: int = 0
 
     @property
     def generations_agree(self) -> bool:
-        # Our forward splices image embeddings at every image-context token, so a generated one ends our
-        # greedy run (HF's generate would embed it as text): compare up to it.
+        # A generated image-context token ends the comparison: the HF forward would splice an image at it.
         if self.ours and self.ours[-1] == self.image_token_id and len(self.ours) < len(self.hf):
             return self.ours == self.hf[: len(self.ours)]
         return self.ours == self.hf
@@ -44,26 +54,39 @@ class VerifyReport:
     cases: list[CaseResult] = field(default_factory=list)
     tp: int = 1
     pp: int = 1
+    hf_peak_block_bytes: int = 0
 
     @property
     def max_abs_diff(self) -> float:
         return max(c.max_abs_diff for c in self.cases)
 
     @property
+    def first_divergence(self) -> str | None:
+        for c in self.cases:
+            if c.first_diverging:
+                return f"{c.name}: {c.first_diverging} (relative max |diff| {c.first_diverging_diff:.3e})"
+        return None
+
+    @property
     def ok(self) -> bool:
-        return all(c.generations_agree and c.max_abs_diff <= self.tolerance * max(1.0, c.max_abs_logit)
-                   for c in self.cases)
+        return all(c.generations_agree and c.first_diverging is None
+                   and c.max_abs_diff <= self.tolerance * max(1.0, c.max_abs_logit) for c in self.cases)
 
     def as_dict(self) -> dict:
         return {"ok": self.ok, "tolerance": self.tolerance, "max_abs_diff": self.max_abs_diff,
-                "tp": self.tp, "pp": self.pp,
+                "tp": self.tp, "pp": self.pp, "first_divergence": self.first_divergence,
+                "hf_peak_block_bytes": self.hf_peak_block_bytes,
                 "cases": [dict(vars(c), generations_agree=c.generations_agree) for c in self.cases]}
 
     def text(self) -> str:
-        lines = [f"{'case':<12} {'tokens':>6} {'tiles':>5} {'max |dlogit|':>12}  greedy"]
+        lines = [f"{'case':<12} {'tokens':>6} {'tiles':>5} {'max |dlogit|':>12} {'mean |dlogit|':>13} {'blocks':>6}"
+                 f"  greedy"]
         for c in self.cases:
-            lines.append(f"{c.name:<12} {c.tokens:>6} {c.tiles:>5} {c.max_abs_diff:>12.3e}  "
+            lines.append(f"{c.name:<12} {c.tokens:>6} {c.tiles:>5} {c.max_abs_diff:>12.3e} {c.mean_abs_diff:>13.3e} "
+                         f"{c.blocks_compared:>6}  "
                          f"{'agree' if c.generations_agree else f'DIFFER ours={c.ours} hf={c.hf}'}")
+        if self.first_divergence:
+            lines.append(f"first diverging block: {self.first_divergence}")
         lines.append(f"our model at TP{self.tp} PP{self.pp}; largest logit difference {self.max_abs_diff:.3e} "
                      f"(tolerance {self.tolerance:g} x max(1, |logit|)): {'OK' if self.ok else 'FAILED'}")
         return "\n".join(lines)
@@ -109,93 +132,94 @@ def build_cases(model_cfg, tokenizer_dir: Path, max_tiles: int, prompt: tuple[st
     return cases
 
 
-def _our_logits(chunk, ids: torch.Tensor, pixels: torch.Tensor | None, vocab: int) -> torch.Tensor:
-    device = next(chunk.parameters()).device  # CUDA when a GPU is present
-    pos = torch.arange(ids.shape[1], device=device).unsqueeze(0)
-    pixels = pixels.to(device) if pixels is not None else None
-    return chunk(ids.to(device), pos, pixel_values=pixels)[..., :vocab].float().cpu()
+def _hf_probe(streamed, probe) -> None:
+    model = streamed.model
+    flat = lambda x: x.reshape(-1, x.shape[-1])  # noqa: E731 - [b, s, h] / [n, tokens, h] -> rows
+    for i, layer in enumerate(model.vision_model.encoder.layers):
+        probe.watch(layer, f"vision_model.encoder.layers.{i}", flat)
+    probe.watch(model.mlp1, "mlp1", flat)
+    prompt_rows = lambda x: flat(x)[:probe.prompt_len]  # noqa: E731 - teacher forcing appends our tokens
+    for i, layer in enumerate(model.language_model.model.layers):
+        probe.watch(layer, f"language_model.model.layers.{i}", prompt_rows)
 
 
-def _our_greedy(chunk, ids, pixels, vocab: int, n: int, eos: int, image_token: int) -> list[int]:
-    out: list[int] = []
-    for _ in range(n):
-        nxt = int(_our_logits(chunk, ids, pixels, vocab)[0, -1].argmax())
-        out.append(nxt)
-        if nxt in (eos, image_token):
-            break
-        ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    return out
+def _first_diverging(ours: dict, theirs: dict, tolerance: float) -> tuple[str | None, float, int]:
+    """In execution order, the first block whose outputs differ past ``tolerance`` x max(1, |HF|)."""
+    def order(name: str):
+        part = 0 if name.startswith("vision_model") else 1 if name == "mlp1" else 2
+        return part, int(name.rsplit(".", 1)[1]) if ".layers." in name else 0
+
+    compared = 0
+    for name in sorted(ours, key=order):
+        if name not in theirs:
+            raise ConvertError(f"the export has no block {name} (the checkpoint's model has it)")
+        a, b = ours[name], theirs[name]
+        if a.shape != b.shape:
+            raise ConvertError(f"{name}: output shapes differ: ours {list(a.shape)}, HF {list(b.shape)}")
+        compared += 1
+        rel = float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
+        if not rel <= tolerance:  # NaN counts as diverging
+            return name, rel, compared
+    return None, 0.0, compared
 
 
-def _hf_greedy(model, ids, pixels, n: int, eos: int, pad: int) -> list[int]:
-    out = model.generate(pixel_values=pixels, input_ids=ids, attention_mask=torch.ones_like(ids),
-                         max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=pad)
-    return [int(t) for t in out[0]]
+def _compare_case(streamed, probe, name, ids, pixels, ours_logits, ours_greedy, ours_blocks, tolerance,
+                  image_token_id) -> CaseResult:
+    from nvlm_train.convert.parallel_forward import probe_rows
 
-
-def _load_ours(folder: Path, model_cfg):
-    from nvlm_train.checkpoint.dist import load_checkpoint
-    from nvlm_train.checkpoint.layout import CheckpointError
-    from nvlm_train.config.parallel import ParallelConfig
-    from nvlm_train.model.builder import build_model
-
-    built = build_model(model_cfg, ParallelConfig(), initialize=False)
-    try:
-        load_checkpoint(folder, built.chunks, weights_only=True)
-    except (CheckpointError, RuntimeError, KeyError) as exc:
-        raise ConvertError(f"cannot load {folder} into the model of its saved config: {exc}") from exc
-    chunk = built.chunks[0].eval()
-    return chunk
-
-
-def _ours_single(folder: Path, model_cfg, cases, max_new_tokens: int, eos: int) -> list:
-    """TP1/PP1 in this process: per case (logits, greedy tokens)."""
-    from nvlm_train.runtime.session import distributed_session
-
-    image_token, vocab = model_cfg.language.image_token_id, model_cfg.language.vocab_size
-    with distributed_session(), torch.no_grad():
-        ours = _load_ours(folder, model_cfg)
-        return [(_our_logits(ours, ids, pixels, vocab), _our_greedy(ours, ids, pixels, vocab, max_new_tokens, eos,
-                                                                   image_token))
-                for _, ids, pixels in cases]
+    greedy = list(ours_greedy)
+    if image_token_id in greedy:  # the HF forward would splice an image at a generated image-context token
+        greedy = greedy[:greedy.index(image_token_id) + 1]
+    forced = torch.cat([ids, torch.tensor([greedy[:-1]], dtype=torch.long)], dim=1) if greedy else ids
+    probe.prompt_len = ids.shape[1]
+    with torch.no_grad():
+        logits = streamed.model(pixel_values=pixels, input_ids=forced).logits[0].float()  # [s + n - 1, V]
+    theirs_blocks = probe.take()
+    s = ids.shape[1]
+    b = logits[:s][probe_rows(s)]
+    if ours_logits.shape != b.shape:
+        raise ConvertError(f"{name}: logits shapes differ: ours {list(ours_logits.shape)}, HF {list(b.shape)}")
+    predicted = logits[s - 1:s - 1 + len(greedy)].argmax(-1).tolist()
+    agree = next((i for i, (x, y) in enumerate(zip(greedy, predicted)) if x != y), None)
+    hf_tokens = predicted if agree is None else predicted[:agree + 1]  # HF's greedy up to its first other choice
+    diverging, rel, compared = _first_diverging(ours_blocks, theirs_blocks, tolerance)
+    diff = (ours_logits - b).abs()
+    return CaseResult(name, s, 0 if pixels is None else pixels.shape[0], float(diff.max()), float(b.abs().max()),
+                      greedy, hf_tokens, image_token_id, float(diff.mean()), diverging, rel, compared)
 
 
 def verify(checkpoint: Path, hf_dir: Path, tolerance: float = 1e-4, max_new_tokens: int = 8, tp: int = 1,
            pp: int = 1) -> VerifyReport:
     """Compare; our model runs at ``tp`` x ``pp`` (spawned ranks when more than one)."""
-    from transformers import AutoModel
-
+    from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.convert.hf_config import read_json
+    from nvlm_train.convert.hf_streaming import StreamedHF
+    from nvlm_train.convert.parallel_forward import Probe, run_cases
     from nvlm_train.data.tokenizer import TextTokenizer
+    from nvlm_train.runtime.spawn import run_on_layout
 
     run = SavedRun.from_folder(checkpoint)
     folder, model_cfg = run.folder, run.model
     hf_dir = Path(hf_dir)
     hf_cfg = read_json(hf_dir / "config.json")
-    model_cfg.freeze.vision = model_cfg.freeze.projector = model_cfg.freeze.language = False
     if model_cfg.language.num_layers % pp:
         raise ConvertError(f"--pp {pp} does not divide the LLM's {model_cfg.language.num_layers} layers")
     cases = build_cases(model_cfg, hf_dir, int(hf_cfg.get("max_dynamic_patch", 6)), run.prompt)
     tok = TextTokenizer(hf_dir)
-    if tp * pp == 1:
-        ours = _ours_single(folder, model_cfg, cases, max_new_tokens, tok.im_end_id)
-    else:
-        from nvlm_train.config.parallel import ParallelConfig
-        from nvlm_train.convert.parallel_forward import run_cases
-        from nvlm_train.runtime.spawn import run_on_layout
-
-        ours = run_on_layout(run_cases, ParallelConfig(tp=tp, pp=pp), str(folder), model_cfg, cases, max_new_tokens,
-                             tok.im_end_id, brief_errors=(ConvertError,))[0]
-    hf = AutoModel.from_pretrained(str(hf_dir), torch_dtype=torch.float32, trust_remote_code=True,
-                                   use_flash_attn=False).eval()
+    per_rank = run_on_layout(run_cases, ParallelConfig(tp=tp, pp=pp), str(folder), str(hf_dir), cases,
+                             max_new_tokens, tok.im_end_id, brief_errors=(ConvertError,))
+    ours = [list(r) for r in per_rank[0]]
+    for rank_results in per_rank[1:]:  # later pipeline stages hold the later layers
+        for merged, (_, _, blocks) in zip(ours, rank_results):
+            merged[2] = {**blocks, **merged[2]}
+    del per_rank
+    streamed = StreamedHF(hf_dir)
+    streamed.model.img_context_token_id = model_cfg.language.image_token_id
+    probe = Probe()
+    _hf_probe(streamed, probe)
     report = VerifyReport(tolerance, tp=tp, pp=pp)
-    with torch.no_grad():
-        for (name, ids, pixels), (a, greedy) in zip(cases, ours):
-            b = hf(pixel_values=pixels, input_ids=ids).logits.float()
-            if a.shape != b.shape:
-                raise ConvertError(f"{name}: logits shapes differ: ours {list(a.shape)}, HF {list(b.shape)}")
-            report.cases.append(CaseResult(
-                name, ids.shape[1], 0 if pixels is None else pixels.shape[0], float((a - b).abs().max()),
-                float(b.abs().max()), greedy, _hf_greedy(hf, ids, pixels, max_new_tokens, tok.im_end_id, tok.pad_id),
-                model_cfg.language.image_token_id))
+    for (name, ids, pixels), (logits, greedy, blocks) in zip(cases, ours):
+        report.cases.append(_compare_case(streamed, probe, name, ids, pixels, logits, greedy, blocks, tolerance,
+                                          model_cfg.language.image_token_id))
+    report.hf_peak_block_bytes = streamed.peak_block_bytes
     return report
