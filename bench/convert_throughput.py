@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +60,7 @@ def make_checkpoint(out: Path, layers: int, hidden: int) -> int:
     from nvlm_train.checkpoint import dist as ckpt
     from nvlm_train.checkpoint.layout import resolve_checkpoint
     from nvlm_train.checkpoint.reader import DistCheckpointReader
+    from nvlm_train.config.choices import to_plain
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.config.store import load_model_config
     from nvlm_train.data.tokenizer import build_demo_tokenizer
@@ -76,7 +76,7 @@ def make_checkpoint(out: Path, layers: int, hidden: int) -> int:
         with torch.no_grad():
             for i, p in enumerate(built.chunks[0].parameters()):
                 p.normal_(0, 0.02, generator=torch.Generator().manual_seed(i))
-        cfg = {"model": asdict(model), "data": {"tokenizer_dir": str(build_demo_tokenizer())}}
+        cfg = {"model": to_plain(model), "data": {"tokenizer_dir": str(build_demo_tokenizer())}}
         ckpt.save_checkpoint(out, built.chunks, None, None, {}, ckpt.TrainingState(iteration=1),
                              yaml.safe_dump(cfg), keep_last=1)
     return DistCheckpointReader(resolve_checkpoint(out)[0]).nbytes()

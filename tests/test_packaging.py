@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,7 +33,13 @@ def _run(cmd: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 def installed(tmp_path_factory) -> Path:
     """bin/ of a fresh venv holding the wheel of this checkout."""
     root = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", REPO],
+    src = root / "src"  # a copy of the sources: setuptools builds in the source tree (build/), keep the checkout clean
+    listed = _run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO).stdout.splitlines()
+    for name in listed:
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", root / "dist", src],
          cwd=root)
     (wheel,) = (root / "dist").glob("nvlm_train-*.whl")
     venv = root / "venv"

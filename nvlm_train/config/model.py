@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from nvlm_train.config.choices import Impl, Recompute, RopeScaling, check_choice
 from nvlm_train.config.errors import ConfigError
 
-ROPE_SCALING_TYPES = (None, "dynamic")
 # Fields that describe how the model is served, not its weights: a checkpoint loads whatever they say.
 NON_ARCHITECTURE_FIELDS = ("image_token_id", "rope_scaling_type", "rope_scaling_factor")
 
@@ -83,7 +83,7 @@ class LanguageConfig:
     vocab_pad_multiple: int = 1024
     # HF ``rope_scaling``, carried from an import to the export. Only "dynamic" (NTK) is accepted: it
     # changes nothing up to max_position_embeddings, which bounds train.seq_length. None: no scaling.
-    rope_scaling_type: str | None = None
+    rope_scaling_type: RopeScaling | None = None
     rope_scaling_factor: float = 1.0
 
     @property
@@ -101,11 +101,8 @@ class LanguageConfig:
                 f"model.language.num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"model.language.num_query_groups={self.num_query_groups}"
             )
-        if self.rope_scaling_type not in ROPE_SCALING_TYPES:
-            raise ConfigError(
-                f"model.language.rope_scaling_type={self.rope_scaling_type!r} is not supported: our RoPE "
-                f"implements {ROPE_SCALING_TYPES} (dynamic NTK is the identity up to max_position_embeddings)"
-            )
+        self.rope_scaling_type = check_choice(RopeScaling, self.rope_scaling_type, "model.language.rope_scaling_type",
+                                              optional=True)
         if not 0 <= self.image_token_id < self.vocab_size:
             raise ConfigError(
                 f"model.language.image_token_id={self.image_token_id} is outside the vocabulary "
@@ -126,17 +123,13 @@ class FreezeConfig:
 class RecomputeConfig:
     """Activation recomputation per tower: null (off), "full" or "selective"."""
 
-    vision: str | None = None
-    language: str | None = None
+    vision: Recompute | None = None
+    language: Recompute | None = None
     num_layers: int = 1  # layers per recompute chunk for "full" (megatron's uniform method)
 
     def validate(self) -> None:
         for name in ("vision", "language"):
-            value = getattr(self, name)
-            if value not in (None, "full", "selective"):
-                raise ConfigError(
-                    f"model.recompute.{name}={value!r}: use null, 'full' or 'selective'"
-                )
+            setattr(self, name, check_choice(Recompute, getattr(self, name), f"model.recompute.{name}", optional=True))
 
 
 @dataclass
@@ -150,7 +143,7 @@ class ModelConfig:
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
     # "auto" picks transformer_engine when it is importable and a GPU is present, else torch.
-    impl: str = "auto"
+    impl: Impl = Impl.auto
     init_std: float = 0.02
     init_seed: int = 1234
 
@@ -164,10 +157,7 @@ class ModelConfig:
         self.vision.validate()
         self.language.validate()
         self.recompute.validate()
-        if self.impl not in ("auto", "torch", "transformer_engine"):
-            raise ConfigError(
-                f"model.impl={self.impl!r}: use 'auto', 'torch' or 'transformer_engine'"
-            )
+        self.impl = check_choice(Impl, self.impl, "model.impl")
         side = self.vision.patches_per_side * self.projector.downsample_ratio
         if abs(side - round(side)) > 1e-9 or round(1 / self.projector.downsample_ratio) % 1:
             raise ConfigError(

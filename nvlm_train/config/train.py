@@ -12,12 +12,13 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
+from nvlm_train.config.choices import DecayStyle, PrecisionMode, WandbMode, check_choice
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.limits import DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_PIXELS
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
 from nvlm_train.hf.conversation import PROMPT_FORMATS
-from nvlm_train.vision.route import TILE_ON_CHOICES
+from nvlm_train.vision.route import TileOn
 from nvlm_train.vision.tiling import DEFAULT_MAX_TILES
 
 
@@ -34,7 +35,7 @@ class TrainSection:
     seed: int = 1234
     max_nonfinite_in_a_row: int = 5  # abort after this many skipped steps in a row
     exit_interval: int = 0  # >0: save and exit 0 when the iteration is a multiple (time-sliced jobs)
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "bf16" / "fp32"
+    precision: PrecisionMode = PrecisionMode.auto  # auto: bf16 on GPU, fp32 on CPU
 
 
 @dataclass
@@ -42,7 +43,7 @@ class OptimizerSection:
     lr: float = 1e-4
     min_lr: float = 1e-5
     warmup_iters: int = 0
-    decay_style: str = "cosine"  # cosine | linear | constant
+    decay_style: DecayStyle = DecayStyle.cosine
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -65,7 +66,7 @@ class CheckpointSection:
 class RunSection:
     dir: str = "runs/default"
     name: str | None = None
-    wandb_mode: str = "offline"  # offline (default; `wandb sync` later) | online | disabled
+    wandb_mode: WandbMode = WandbMode.offline  # offline: `wandb sync` later
     wandb_project: str = "nvlm_train"
 
 
@@ -90,7 +91,7 @@ class DataSection:
     num_workers: int = 0
     # Where tiles are cut: "worker" (PIL in the data workers), "device" (workers only decode; the
     # training GPU resizes with Pillow's exact arithmetic), "auto" (device on CUDA, else worker).
-    tile_on: str = "auto"
+    tile_on: TileOn = TileOn.auto
     cache_dir: str | None = None
     build_demo: bool = False  # build the synthetic demo shards into the cache on first use
     demo_train_samples: int = 2000
@@ -134,8 +135,7 @@ class TrainConfig:
                 f"train.seq_length={t.seq_length} exceeds model.language.max_position_embeddings="
                 f"{self.model.language.max_position_embeddings}"
             )
-        if self.data.tile_on not in TILE_ON_CHOICES:
-            raise ConfigError(f"data.tile_on={self.data.tile_on!r}: use auto, worker or device")
+        self.data.tile_on = check_choice(TileOn, self.data.tile_on, "data.tile_on")
         if self.data.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"data.prompt_format={self.data.prompt_format!r}: use one of "
                               f"{', '.join(sorted(PROMPT_FORMATS))}")
@@ -144,10 +144,8 @@ class TrainConfig:
         for key in ("max_image_pixels", "max_member_bytes", "skip_window"):
             if getattr(self.data, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(self.data, key)} must be >= 1")
-        if t.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"train.precision={t.precision!r}: use auto, bf16 or fp32")
-        if self.optimizer.decay_style not in ("cosine", "linear", "constant"):
-            raise ConfigError(f"optimizer.decay_style={self.optimizer.decay_style!r}: use cosine, linear or constant")
+        t.precision = check_choice(PrecisionMode, t.precision, "train.precision")
+        self.optimizer.decay_style = check_choice(DecayStyle, self.optimizer.decay_style, "optimizer.decay_style")
         if self.optimizer.warmup_iters >= t.iters and self.optimizer.warmup_iters > 0:
             raise ConfigError(
                 f"optimizer.warmup_iters={self.optimizer.warmup_iters} must be < train.iters={t.iters}"
@@ -158,8 +156,7 @@ class TrainConfig:
                 f"own synthetic shards in data.cache_dir); to train on your shards use data=custom "
                 f"data.recipe=<recipe> data.data_root=<folder>, or add data.build_demo=false to read the demo "
                 f"recipe's shards from data.data_root")
-        if self.run.wandb_mode not in ("offline", "online", "disabled"):
-            raise ConfigError(f"run.wandb_mode={self.run.wandb_mode!r}: use offline, online or disabled")
+        self.run.wandb_mode = check_choice(WandbMode, self.run.wandb_mode, "run.wandb_mode")
         if self.checkpoint.keep_last < 1:
             raise ConfigError(f"checkpoint.keep_last={self.checkpoint.keep_last} must be >= 1")
         for key, value in (("checkpoint.init_from", self.checkpoint.init_from),

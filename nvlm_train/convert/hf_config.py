@@ -12,7 +12,8 @@ import copy
 import json
 from pathlib import Path
 
-from nvlm_train.config.model import ROPE_SCALING_TYPES, ModelConfig
+from nvlm_train.config.choices import RopeScaling
+from nvlm_train.config.model import ModelConfig
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.hf.export_files import HFLayout, LLMSpec, NVLMDSpec, VisionSpec, build_hf_config
 
@@ -77,10 +78,10 @@ def _rope_scaling(lc: dict, where: str) -> dict:
     kind = rs.get("type") or rs.get("rope_type")
     if kind == "default":
         return dict(rope_scaling_type=None, rope_scaling_factor=1.0)
-    if kind not in ROPE_SCALING_TYPES:
+    if kind not in list(RopeScaling):
         raise ConvertError(f"{where}: rope_scaling {rs} is not supported (our RoPE implements dynamic NTK, "
                            f"which changes nothing up to max_position_embeddings, and no scaling)")
-    return dict(rope_scaling_type=kind, rope_scaling_factor=float(rs.get("factor", 1.0)))
+    return dict(rope_scaling_type=RopeScaling(kind), rope_scaling_factor=float(rs.get("factor", 1.0)))
 
 
 def hf_rope_scaling(lang) -> dict | None:

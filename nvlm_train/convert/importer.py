@@ -15,13 +15,14 @@ TP/PP whose padded shapes agree (vision heads / vocabulary padded to fixed multi
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from torch.distributed.checkpoint.api import CheckpointException
 
+from nvlm_train.config.choices import to_plain
 from nvlm_train.config.model import ModelConfig, architecture_diffs
 from nvlm_train.config.parallel import ParallelConfig
 from nvlm_train.convert.errors import ConvertError
@@ -150,7 +151,7 @@ def _config_yaml(plan: ImportPlan, opts: ImportOptions) -> str:
     sources = {k or "hf": str(Path(v).absolute()) for k, v in plan.folders.items()}
     fmt, system = plan.prompt
     cfg = {
-        "model": asdict(plan.model),
+        "model": to_plain(plan.model),
         "data": {"tokenizer_dir": str(plan.tokenizer_dir) if plan.tokenizer_dir else None,
                  "prompt_format": fmt, "system_prompt": system},
         "converted_from": {"sources": sources, "fresh_projector": plan.fresh_projector,

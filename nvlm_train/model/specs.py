@@ -24,6 +24,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from nvlm_train.config.choices import Impl
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.model.attention import SDPAttention
 from nvlm_train.model.internvit_layers import (
@@ -81,7 +82,7 @@ def resolve_impl(impl: str, packed: bool = True, bf16: bool = True) -> ImplChoic
     see each other, so a TE that cannot do THD is refused with packing (explicit impl) or skipped
     (auto, with a note saying why).
     """
-    if impl not in ("auto", "torch", "transformer_engine"):
+    if impl not in list(Impl):
         raise ConfigError(f"model.impl={impl!r}: expected auto, torch or transformer_engine")
     if impl == "torch":
         return ImplChoice("torch", llm_thd=True)

@@ -24,9 +24,16 @@ from nvlm_train.vision import resample
 from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, tiles_on_device
 from nvlm_train.vision.tiling import pixels_tensor, tile_image_uint8
 
-TILE_ON_CHOICES = ("auto", "worker", "device")
 # Batch keys that carry images (either route); only the first pipeline stage needs them.
 IMAGE_KEYS = ("pixel_values", "images", "image_plans")
+
+
+class TileOn(StrEnum):
+    """``data.tile_on``: where tiles are cut; auto = on the device when training on a GPU."""
+
+    auto = "auto"
+    worker = "worker"
+    device = "device"
 
 
 class TileRoute(StrEnum):
@@ -37,7 +44,7 @@ class TileRoute(StrEnum):
     def resolve(cls, tile_on: str, on_cuda: bool) -> TileRoute:
         """``data.tile_on`` -> the route: ``auto`` cuts on the GPU when training on one (and Pillow's
         arithmetic can be reproduced), else in the workers. Raises ValueError saying what to change."""
-        if tile_on not in TILE_ON_CHOICES:
+        if tile_on not in list(TileOn):
             raise ValueError(f"data.tile_on={tile_on!r}: use auto, worker or device")
         if tile_on == "device" and not resample.pillow_supported():
             raise ValueError(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from nvlm_train.checkpoint import dist as ckpt
 from nvlm_train.checkpoint.saved_run import SavedRun
+from nvlm_train.config.choices import to_plain
 from nvlm_train.runtime.compat import shutdown_checkpoint_writers
 
 
@@ -26,7 +26,7 @@ def resave_worker(rank, world, tp, pp, init_from, out_root):
     saved = SavedRun.from_folder(init_from)
     saved.check_architecture(model)  # the trainer's check
     ckpt.load_checkpoint(saved.folder, built.chunks, weights_only=True)
-    config_yaml = yaml.safe_dump({"model": asdict(model), "data": saved.data})
+    config_yaml = yaml.safe_dump({"model": to_plain(model), "data": saved.data})
     ckpt.save_checkpoint(Path(out_root), built.chunks, None, None, {}, ckpt.TrainingState(iteration=7),
                          config_yaml, keep_last=1)
     shutdown_checkpoint_writers()
@@ -52,7 +52,7 @@ def synthetic_worker(rank, world, out_root, tokenizer_dir, layers, hidden):
     with torch.no_grad():
         for i, p in enumerate(built.chunks[0].parameters()):
             p.fill_(0.001 * (i % 97))
-    config_yaml = yaml.safe_dump({"model": asdict(model), "data": {"tokenizer_dir": str(tokenizer_dir)}})
+    config_yaml = yaml.safe_dump({"model": to_plain(model), "data": {"tokenizer_dir": str(tokenizer_dir)}})
     ckpt.save_checkpoint(Path(out_root), built.chunks, None, None, {}, ckpt.TrainingState(iteration=1),
                          config_yaml, keep_last=1)
     shutdown_checkpoint_writers()
