@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 
-def test_image(width: int, height: int, seed: int) -> Image.Image:
+def make_image(width: int, height: int, seed: int) -> Image.Image:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -19,13 +19,13 @@ def mixed_requests():
 
     return [
         GenerationRequest("text-short", [("user", "Hello?")]),
-        GenerationRequest("one-tile", [("user", "<image>\nWhat is in this picture?")], [test_image(112, 112, 0)]),
+        GenerationRequest("one-tile", [("user", "<image>\nWhat is in this picture?")], [make_image(112, 112, 0)]),
         GenerationRequest("many-tiles", [("user", "<image>\nDescribe the scene in detail.")],
-                          [test_image(336, 112, 1)]),
+                          [make_image(336, 112, 1)]),
         GenerationRequest("text-long", [("user", "Hello, who are you?"), ("assistant", "I am a helpful assistant."),
                                         ("user", "Please describe a cat sitting on a table.")]),
         GenerationRequest("two-images", [("user", "<image>\n<image>\nHow many objects can you see?")],
-                          [test_image(112, 224, 2), test_image(150, 120, 3)], system=None),
+                          [make_image(112, 224, 2), make_image(150, 120, 3)], system=None),
     ]
 
 
