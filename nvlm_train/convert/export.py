@@ -23,12 +23,12 @@ from nvlm_train.checkpoint.saved_run import SavedRun
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.convert.errors import ConvertError
 from nvlm_train.convert.hf_config import generation_config_for, hf_config_for
+from nvlm_train.convert.hf_files import HFLayout, copy_modeling_files, write_chat_template, write_hf_config
 from nvlm_train.convert.mapping import RULES, Rule, expand, padding_sizes
 from nvlm_train.convert.outdir import check_output, staged_output
 from nvlm_train.convert.safetensors_writer import ShardedSafetensorsWriter, TensorPlan
 from nvlm_train.convert.transforms import TRANSFORMS, Dims
 from nvlm_train.data.prompt import DEFAULT_PROMPT_FORMAT
-from nvlm_train.hf.export_files import HFLayout, copy_modeling_files, write_chat_template, write_hf_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
@@ -128,7 +128,7 @@ def plan_export(reader: DistCheckpointReader, model: ModelConfig, dtype: torch.d
 
 def check_against_hf(plans: list[TensorPlan], hf_config: dict) -> None:
     """Every planned key/shape equals what our HF model class declares for this config.json."""
-    from nvlm_train.hf.export_files import hf_param_shapes
+    from nvlm_train.convert.hf_files import hf_param_shapes
 
     expected = hf_param_shapes(hf_config)
     got = {p.key: p.shape for p in plans}

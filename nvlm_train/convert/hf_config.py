@@ -15,7 +15,8 @@ from pathlib import Path
 from nvlm_train.config.choices import RopeScaling
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.convert.errors import ConvertError
-from nvlm_train.hf.export_files import HFLayout, LLMSpec, NVLMDSpec, VisionSpec, build_hf_config
+from nvlm_train.convert.hf_files import ExportSettings, HFLayout, build_hf_config
+from nvlm_train.vision.tiling import DEFAULT_MAX_TILES
 
 IMAGE_CONTEXT = "<|vision_pad|>"
 
@@ -82,13 +83,6 @@ def _rope_scaling(lc: dict, where: str) -> dict:
         raise ConvertError(f"{where}: rope_scaling {rs} is not supported (our RoPE implements dynamic NTK, "
                            f"which changes nothing up to max_position_embeddings, and no scaling)")
     return dict(rope_scaling_type=RopeScaling(kind), rope_scaling_factor=float(rs.get("factor", 1.0)))
-
-
-def hf_rope_scaling(lang) -> dict | None:
-    """``rope_scaling`` as the released config.json spells it, or None."""
-    if lang.rope_scaling_type is None:
-        return None
-    return {"factor": lang.rope_scaling_factor, "type": lang.rope_scaling_type}
 
 
 def _language_fields(lc: dict, where: str) -> dict:
@@ -168,7 +162,7 @@ def model_config_from_parts(vision_cfg: dict, llm_cfg: dict, base: ModelConfig, 
     return _assemble(base, vision, projector, language)
 
 
-def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, max_tiles: int = 6,
+def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, max_tiles: int = DEFAULT_MAX_TILES,
                   layout: HFLayout = HFLayout.RELEASED, prompt: tuple[str, str | None] | None = None,
                   vit_dummy_heads: int | None = None) -> dict:
     """The ``config.json`` dict of an export of ``model`` (special ids from the tokenizer when present).
@@ -176,33 +170,12 @@ def hf_config_for(model: ModelConfig, dtype: str, tokenizer_dir: Path | None, ma
     ``prompt``: (prompt format, system text or None) the model was trained with; ``vit_dummy_heads``
     overrides the layout's count (an import describing the files it reads).
     """
-    v, lm = model.vision, model.language
     ids = tokenizer_token_ids(tokenizer_dir)
     fmt, system = prompt if prompt is not None else (None, None)
-    spec = NVLMDSpec(
-        vision=VisionSpec(
-            num_layers=v.num_layers, hidden_size=v.hidden_size, num_heads=v.num_attention_heads,
-            ffn_hidden_size=v.ffn_hidden_size, image_size=v.image_size, patch_size=v.patch_size,
-            norm_eps=v.norm_eps, layer_scale_init=v.layerscale_init, num_channels=v.num_channels,
-            num_dummy_heads=layout.vit_dummy_heads if vit_dummy_heads is None else vit_dummy_heads,
-        ),
-        llm=LLMSpec(
-            num_layers=lm.num_layers, hidden_size=lm.hidden_size, ffn_hidden_size=lm.ffn_hidden_size,
-            num_heads=lm.num_attention_heads, num_kv_heads=lm.num_query_groups, vocab_size=lm.vocab_size,
-            max_position_embeddings=lm.max_position_embeddings, rope_theta=lm.rotary_base, norm_eps=lm.norm_eps,
-            rope_scaling=hf_rope_scaling(lm), bos_token_id=ids.get("<|endoftext|>"),
-            eos_token_id=ids.get("<|im_end|>"), initializer_range=model.init_std, model_type=layout.llm_model_type,
-        ),
-        projector_ffn_hidden_size=model.projector.ffn_hidden_size,
-        projector_norm_eps=model.projector.layernorm_eps,
-        downsample_ratio=model.projector.downsample_ratio,
-        max_tiles=max_tiles,
-        prompt_format=fmt,
-        system_message=None if fmt is None else (system or ""),
-        img_context_token_id=lm.image_token_id,
-        dtype=dtype,
-    )
-    return build_hf_config(spec)
+    return build_hf_config(model, ExportSettings(
+        dtype=dtype, layout=layout, vit_dummy_heads=vit_dummy_heads, max_tiles=max_tiles, prompt_format=fmt,
+        system_message=None if fmt is None else (system or ""), bos_token_id=ids.get("<|endoftext|>"),
+        eos_token_id=ids.get("<|im_end|>")))
 
 
 def hf_prompt(cfg: dict) -> tuple[str, str | None]:

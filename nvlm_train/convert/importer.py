@@ -119,7 +119,7 @@ def plan_import(opts: ImportOptions) -> tuple[ImportPlan, HFWeights]:
             raise ConvertError(f"the HF model differs from --model-config {opts.model_config}:\n  "
                                + "\n  ".join(diffs))
     weights = HFWeights(folders, tie_lm_head=tie)
-    from nvlm_train.hf.export_files import hf_param_shapes
+    from nvlm_train.convert.hf_files import hf_param_shapes
 
     dummy = vit_dummy_heads(weights, model)
     expected = hf_param_shapes(hf_config_for(model, "float32", tok, vit_dummy_heads=dummy))

@@ -36,8 +36,8 @@ def write_released_tiny_export(out: Path, tokenizer_dir: Path, seed: int = 3) ->
     weights in its shapes (7 zero dummy ViT heads), sharded safetensors, modeling files, a tokenizer."""
     import shutil
 
+    from nvlm_train.convert.hf_files import copy_modeling_files
     from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
-    from nvlm_train.hf.export_files import copy_modeling_files
     from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model
     from tests.fixtures.hf_builders import TOKENIZER_FILES, randomize_, save_sharded_safetensors
 

@@ -88,7 +88,7 @@ def test_table_is_one_to_one_and_complete():
     assert "language_model.model.layers.79.mlp.up_proj.weight" in hf_keys
     # 72B: every weight of the published parameter count is covered
     from nvlm_train.convert.hf_config import hf_config_for
-    from nvlm_train.hf.export_files import HFLayout, hf_param_shapes
+    from nvlm_train.convert.hf_files import HFLayout, hf_param_shapes
 
     # the released layout stores 45 x 11,470,592 dummy-head zeros on top of the model's parameters
     for layout, total in ((HFLayout.RELEASED, 79_379_593_344), (HFLayout.INTERNVL, 78_863_416_704)):

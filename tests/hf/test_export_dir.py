@@ -8,9 +8,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+from nvlm_train.convert.hf_files import copy_modeling_files
 from nvlm_train.hf import MODELING_FILES
-from nvlm_train.hf.export_files import build_hf_config, copy_modeling_files, nvlm_d_72b_spec
-from tests.fixtures.hf_builders import card_load_image
+from tests.fixtures.hf_builders import card_load_image, released_72b_hf_config
 
 
 def _load_card(path, dtype=torch.bfloat16, auto_class=AutoModel):
@@ -56,7 +56,7 @@ def test_directory_layout_and_config(tiny_export_dir):
 
 
 def test_72b_config_loads_with_autoconfig(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(build_hf_config(nvlm_d_72b_spec())))
+    (tmp_path / "config.json").write_text(json.dumps(released_72b_hf_config()))
     copy_modeling_files(tmp_path)
     cfg = AutoConfig.from_pretrained(str(tmp_path), trust_remote_code=True)
     assert type(cfg).__name__ == "NVLM_D_Config"

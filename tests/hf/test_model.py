@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import Qwen2ForCausalLM
 
+from nvlm_train.convert.hf_files import hf_param_shapes
 from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
-from nvlm_train.hf.export_files import build_hf_config, hf_param_shapes, nvlm_d_72b_spec
 from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model, pixel_shuffle
-from tests.fixtures.hf_builders import build_tiny_model
+from tests.fixtures.hf_builders import build_tiny_model, released_72b_hf_config
 
 IMG = 3  # image-context token id in the tiny spec
 
@@ -141,7 +141,7 @@ def test_72b_shapes_and_parameter_count(source):
     if source == "released config.json":
         shapes = _meta_shapes(json.loads(RELEASED_CONFIG.read_text()))
     else:
-        shapes = hf_param_shapes(build_hf_config(nvlm_d_72b_spec()))
+        shapes = hf_param_shapes(released_72b_hf_config())
     for key, shape in {
         "vision_model.embeddings.class_embedding": (1, 1, 3200),
         "vision_model.embeddings.patch_embedding.weight": (3200, 3, 14, 14),
@@ -190,7 +190,7 @@ def test_72b_tokens_per_tile():
     from nvlm_train.hf.configuration_nvlm_d import NVLM_D_Config
     from nvlm_train.hf.modeling_nvlm_d import NVLM_D_Model
 
-    cfg = build_hf_config(nvlm_d_72b_spec())
+    cfg = released_72b_hf_config()
     with torch.device("meta"):
         model = NVLM_D_Model(NVLM_D_Config(**{k: v for k, v in cfg.items() if k != "auto_map"}))
     assert model.num_image_token == 256
