@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvlm_train.data.images import decode_image  # noqa: E402
 from nvlm_train.vision import tiling  # noqa: E402
-from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, tiles_on_device  # noqa: E402
+from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, cut_on_device  # noqa: E402
 from tests.data.card_reference import card_tiles, card_transform  # noqa: E402
 
 SIZES = [(640, 480, "JPEG"), (1024, 768, "PNG"), (1280, 720, "WEBP"), (1920, 1080, "JPEG"), (800, 1200, "PNG"),
@@ -108,7 +108,7 @@ def _timed(fn, device: str):
 def device_tiling(items: list[tuple[torch.Tensor, tuple]], device: str) -> tuple[torch.Tensor, float]:
     """The training device's part of the device route: copy, resize, cut, normalise. -> (tiles, seconds)."""
     flat, plans = pack_images([x for x, _ in items], [p for _, p in items])
-    return _timed(lambda: tiling.normalize_pixels(tiles_on_device(flat.to(device), plans)), device)
+    return _timed(lambda: tiling.normalize_pixels(cut_on_device(flat.to(device), plans)), device)
 
 
 def collate_share(name: str, out: list):
@@ -122,7 +122,7 @@ def device_share(name: str, batch, device: str) -> float:
     """Seconds the training device spends on a collated batch of this route."""
     if name == "device_route":
         flat, plans = batch
-        return _timed(lambda: tiling.normalize_pixels(tiles_on_device(flat.to(device), plans)), device)[1]
+        return _timed(lambda: tiling.normalize_pixels(cut_on_device(flat.to(device), plans)), device)[1]
     if name == "worker_route":
         return _timed(lambda: tiling.normalize_pixels(batch.to(device)), device)[1]
     return _timed(lambda: batch.to(device), device)[1]  # the card's float tiles: the copy only

@@ -1,7 +1,7 @@
 """Tiles cut on the training device: workers ship decoded images, the GPU resizes and cuts them.
 
 The route for GPU hosts (``data.tile_on=device``): a data worker only decodes (and tokenises), then
-ships the RGB bytes and a plan per image; ``tiles_on_device`` does the card's two bicubic resizes
+ships the RGB bytes and a plan per image; ``cut_on_device`` does the card's two bicubic resizes
 with ``resample.resize_many`` (Pillow's arithmetic, bit for bit) and the row-major cut, so the model gets
 the same uint8 tiles as the worker route (``tiling.tile_image_uint8``) and hence the card's numbers.
 
@@ -42,14 +42,14 @@ def pack_images(images: Sequence[torch.Tensor], plans: Sequence[Sequence[int]]) 
     return flat, torch.tensor([list(p) for p in plans], dtype=torch.int64).reshape(-1, len(PLAN_FIELDS))
 
 
-def tiles_on_device(images: torch.Tensor, plans: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+def cut_on_device(images: torch.Tensor, plans: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
     """-> uint8 [tiles, 3, S, S] on ``images``' device, equal to ``tile_image_uint8`` of each image.
 
     ``plans`` may stay on the CPU (a [n, 6] tensor or rows) so reading them needs no device sync.
     """
     rows_of_plans = plans.tolist() if torch.is_tensor(plans) else [list(p) for p in plans]
     if not rows_of_plans:
-        raise ValueError("tiles_on_device needs at least one image")
+        raise ValueError("cut_on_device needs at least one image")
     views, sizes, offset = [], [], 0
     for h, w, cols, rows, thumb, s in rows_of_plans:
         img = images[offset:offset + h * w * 3].view(h, w, 3)  # [H, W, 3]

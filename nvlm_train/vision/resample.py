@@ -1,7 +1,7 @@
 """Pillow's bicubic ``Image.resize`` for 8-bit RGB, redone in torch bit for bit, on any device.
 
 Why: the two resizes are most of a data worker's time per image (decode is the rest). With this,
-a worker only decodes and the GPU cuts the tiles (``device_tiles.tiles_on_device``), and the numbers fed
+a worker only decodes and the GPU cuts the tiles (``device_tiles.cut_on_device``), and the numbers fed
 to the model are still exactly the model card's, because this is Pillow's own arithmetic:
 
 * coefficients: Pillow's ``precompute_coeffs`` (float64, same operations in the same order) and

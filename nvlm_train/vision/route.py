@@ -6,7 +6,7 @@
   carry ``pixel_values`` uint8 [tiles, 3, S, S].
 * ``DEVICE``: the workers only decode; batches carry each image's RGB bytes and tiling plan
   (``images``, ``image_plans``) and the training device cuts the same tiles
-  (``device_tiles.tiles_on_device``, Pillow's resize arithmetic bit for bit).
+  (``device_tiles.cut_on_device``, Pillow's resize arithmetic bit for bit).
 
 ``ImageTiles`` is one sample's images in its route's form; ``collate_tiles`` makes the batch keys,
 ``batch_tiles`` counts tiles on the host and ``batch_pixels`` gives the model its ``pixel_values``.
@@ -21,7 +21,7 @@ from enum import StrEnum
 import torch
 
 from nvlm_train.vision import resample
-from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, tiles_on_device
+from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, cut_on_device
 from nvlm_train.vision.tiling import pixels_tensor, tile_image_uint8
 
 # Batch keys that carry images (either route); only the first pipeline stage needs them.
@@ -114,6 +114,6 @@ def batch_pixels(batch: dict, device: torch.device | str) -> torch.Tensor | None
     if plans is not None:
         if not plans.shape[0]:
             return None
-        return tiles_on_device(batch["images"].to(device, non_blocking=True), plans)
+        return cut_on_device(batch["images"].to(device, non_blocking=True), plans)
     pv = batch.get("pixel_values")
     return None if pv is None else pv.to(device, non_blocking=True)

@@ -5,7 +5,7 @@ Three routes produce the same numbers:
 * ``dynamic_preprocess``/``load_image``: the card's public API (PIL tiles, then a float tensor).
 * ``tile_image_uint8``: the worker route. The same two PIL resizes, then the tiles are cut out of the
   resized arrays in one strided copy (``cut_tiles``); the model normalises them (``normalize_pixels``).
-* ``device_tiles.tiles_on_device``: the GPU route. Workers only decode; the device does the two
+* ``device_tiles.cut_on_device``: the GPU route. Workers only decode; the device does the two
   resizes with Pillow's arithmetic (``resample``) and the same cut.
 
 Normalisation does torchvision's ``ToTensor`` (``x / 255``) and ``Normalize`` (``(x - mean) / std``)

@@ -13,7 +13,7 @@ from PIL import Image
 from nvlm_train.data.loader import build_loader
 from nvlm_train.training.forward_step import to_device
 from nvlm_train.vision import resample, tiling
-from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, tiles_on_device
+from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, cut_on_device
 from nvlm_train.vision.route import TileRoute, batch_tiles
 from tests.data.card_reference import card_tiles, card_transform
 
@@ -84,7 +84,7 @@ def test_device_tiles_equal_worker_tiles_and_the_card(device):
         cards.append(torch.stack([card_transform(t, 56) for t in card_tiles(img, max_num, 56, use_thumbnail=True)]))
         assert plan_tiles(plans[-1]) == expected[-1].shape[0]
     flat, plan_tensor = pack_images(images, plans)
-    got = tiles_on_device(flat.to(device), plan_tensor)
+    got = cut_on_device(flat.to(device), plan_tensor)
     assert got.device.type == device
     assert torch.equal(got.cpu(), torch.cat(expected))
     assert torch.equal(tiling.normalize_pixels(got).cpu(), torch.cat(cards))  # the card's floats, on this device
@@ -96,7 +96,7 @@ def test_plans_that_do_not_match_are_refused():
         pack_images([img], [plan_image(8, 5, 6, 28, True)])
     flat, plans = pack_images([img], [plan_image(7, 5, 6, 28, True)])
     with pytest.raises(ValueError, match="describe 105 bytes but images holds 106"):
-        tiles_on_device(torch.cat([flat, flat[:1]]), plans)
+        cut_on_device(torch.cat([flat, flat[:1]]), plans)
 
 
 @needs_pillow
