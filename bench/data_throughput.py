@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nvlm_train.data.images import decode_image  # noqa: E402
 from nvlm_train.vision import tiling  # noqa: E402
-from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, cut_on_device  # noqa: E402
+from nvlm_train.vision.device_tiles import cut_on_device, pack_images, plan_image, plan_tiles  # noqa: E402
 from tests.data.card_reference import card_tiles, card_transform  # noqa: E402
 
 SIZES = [(640, 480, "JPEG"), (1024, 768, "PNG"), (1280, 720, "WEBP"), (1920, 1080, "JPEG"), (800, 1200, "PNG"),

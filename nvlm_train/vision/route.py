@@ -21,7 +21,7 @@ from enum import StrEnum
 import torch
 
 from nvlm_train.vision import resample
-from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, cut_on_device
+from nvlm_train.vision.device_tiles import cut_on_device, pack_images, plan_image, plan_tiles
 from nvlm_train.vision.tiling import pixels_tensor, tile_image_uint8
 
 # Batch keys that carry images (either route); only the first pipeline stage needs them.

@@ -13,7 +13,7 @@ from PIL import Image
 from nvlm_train.data.loader import build_loader
 from nvlm_train.training.forward_step import to_device
 from nvlm_train.vision import resample, tiling
-from nvlm_train.vision.device_tiles import pack_images, plan_image, plan_tiles, cut_on_device
+from nvlm_train.vision.device_tiles import cut_on_device, pack_images, plan_image, plan_tiles
 from nvlm_train.vision.route import TileRoute, batch_tiles
 from tests.data.card_reference import card_tiles, card_transform
 
