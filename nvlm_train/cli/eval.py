@@ -40,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="only the first N readable samples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=None, help="override the benchmark's own limit")
+    p.add_argument("--max-tiles", type=int, default=None,
+                   help="override the benchmark's tiles per image (demo: default the checkpoint's training "
+                        "setting, or the export's max_dynamic_patch)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size for --checkpoint")
     p.add_argument("--pp", type=int, default=1, help="pipeline parallel size for --checkpoint")
     p.add_argument("--compare-card", action="store_true", help="add the card's NVLM-D 72B rows to results.md")
@@ -52,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _options(args, writer: bool = True) -> RunOptions:
     return RunOptions(limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      progress=not args.no_progress, writer=writer)
+                      max_tiles=args.max_tiles, progress=not args.no_progress, writer=writer)
 
 
 def _finish(args, label: str, summary: dict, rows: list[dict]) -> dict:

@@ -32,6 +32,11 @@ class TrainSection:
     save_interval: int = 0  # 0: only at the end and on SIGTERM/SIGUSR1
     eval_interval: int = 0  # 0: never
     eval_iters: int = 4  # micro-batches per DP rank in one validation pass
+    # Benchmarks scored at eval_interval (nvlm_train/evaluation/during_training.py checks them when the
+    # trainer starts): names, their files as "name=path" (demo needs none), and samples per benchmark.
+    eval_benchmarks: list[str] = field(default_factory=list)
+    eval_benchmark_data: list[str] = field(default_factory=list)
+    eval_benchmark_limit: int = 32
     seed: int = 1234
     max_nonfinite_in_a_row: int = 5  # abort after this many skipped steps in a row
     exit_interval: int = 0  # >0: save and exit 0 when the iteration is a multiple (time-sliced jobs)

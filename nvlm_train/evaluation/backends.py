@@ -24,7 +24,7 @@ class Backend(Protocol):
     fingerprint: str  # what the per-sample cache is valid for
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig,
-                 max_tiles: int) -> list[GenerationResult]: ...
+                 max_tiles: int | None) -> list[GenerationResult]: ...  # None: the model's own setting
 
 
 class EngineBackend:
@@ -32,6 +32,7 @@ class EngineBackend:
 
     def __init__(self, engine, label: str, fingerprint: str):
         self.engine, self.label, self.fingerprint = engine, label, fingerprint
+        self.own_max_tiles = engine.max_tiles  # the checkpoint's training setting
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, batch_size: int = 8) -> EngineBackend:
@@ -44,7 +45,7 @@ class EngineBackend:
         return cls(engine, f"megatron {run.folder.name}", f"megatron:{Path(run.folder).resolve()}")
 
     def generate(self, requests, sampling, max_tiles):
-        self.engine.max_tiles = max_tiles
+        self.engine.max_tiles = max_tiles or self.own_max_tiles
         return self.engine.generate(requests, sampling)
 
 
@@ -68,9 +69,10 @@ class HFBackend:
         return cls(model, tokenizer, f"HF {resolved.name}", f"hf:{resolved}")
 
     def _pixels(self, images, max_tiles: int):
-        from nvlm_train.data.tiling import load_image
+        from nvlm_train.vision.tiling import load_image
 
-        tiles = [load_image(im, input_size=self.image_size, max_num=max_tiles) for im in images]
+        max_num = max_tiles or self.model.config.max_dynamic_patch
+        tiles = [load_image(im, input_size=self.image_size, max_num=max_num) for im in images]
         if not tiles:
             return None, None
         dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype

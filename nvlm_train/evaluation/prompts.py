@@ -32,7 +32,7 @@ class PromptSpec:
     system: str | None  # PRESET, None (no system turn) or the text
     suffix: str  # appended on its own line after the question (and options)
     max_new_tokens: int
-    max_tiles: int = MAX_TILES  # + thumbnail when more than one tile
+    max_tiles: int | None = MAX_TILES  # + thumbnail when more than one tile; None: the model's own setting
 
 
 PROMPTS: dict[Benchmark, PromptSpec] = {
@@ -53,7 +53,8 @@ PROMPTS: dict[Benchmark, PromptSpec] = {
                                1024),
     Benchmark.HUMANEVAL: PromptSpec(ANSWER, "Complete the Python function above. Reply with the whole function "
                                             "in one ```python code block.", 512),
-    Benchmark.DEMO: PromptSpec(PRESET, "", 6),  # exactly what inference/evaluate.py asks
+    # Exactly what inference/evaluate.py asks, at the tiles the checkpoint was trained with.
+    Benchmark.DEMO: PromptSpec(PRESET, "", 6, max_tiles=None),
 }
 
 
@@ -90,12 +91,13 @@ def user_text(benchmark: Benchmark, sample: EvalSample) -> str:
         body = f"```python\n{sample.question}```\n{spec.suffix}"
     else:
         body = f"{q}\n{spec.suffix}" if spec.suffix else q
-    if sample.images and benchmark is not Benchmark.MMMU:
+    if sample.images and benchmark is not Benchmark.MMMU and "<image>" not in body:  # the demo's carry theirs
         return "<image>\n" * len(sample.images) + body
     return body
 
 
-def tiles_per_image(benchmark: Benchmark, sample: EvalSample) -> int:
-    """Tiles per image: the benchmark's maximum shared out between a sample's images (MMMU)."""
-    spec = PROMPTS[benchmark]
-    return max(1, spec.max_tiles // max(1, len(sample.images)))
+def tiles_per_image(benchmark: Benchmark, sample: EvalSample, max_tiles: int | None = None) -> int | None:
+    """Tiles per image: the benchmark's maximum (or ``max_tiles``) shared out between a sample's
+    images (MMMU); None: the model's own setting."""
+    limit = max_tiles or PROMPTS[benchmark].max_tiles
+    return None if limit is None else max(1, limit // max(1, len(sample.images)))

@@ -35,6 +35,7 @@ class RunOptions:
     limit: int | None = None
     batch_size: int = 8
     max_new_tokens: int | None = None  # None: the benchmark's own (prompts.PROMPTS)
+    max_tiles: int | None = None  # None: the benchmark's own
     progress: bool = True
     writer: bool = True  # this rank writes the cache (rank 0)
 
@@ -54,6 +55,8 @@ def _fingerprint(benchmark: Benchmark, backend: Backend, opts: RunOptions) -> di
     spec = dataclasses.asdict(PROMPTS[benchmark])
     if opts.max_new_tokens is not None:
         spec["max_new_tokens"] = opts.max_new_tokens
+    if opts.max_tiles is not None:
+        spec["max_tiles"] = opts.max_tiles
     return {"model": backend.fingerprint, "benchmark": benchmark.value, "prompt": spec}
 
 
@@ -101,9 +104,9 @@ def run_benchmark(benchmark: Benchmark, data: str | Path, backend: Backend, out:
     todo = [s for s in read.samples if s.id not in done]
     bar = tqdm(total=len(read.samples), initial=len(read.samples) - len(todo), desc=benchmark.value,
                file=sys.stderr, disable=not (opts.progress and opts.writer), mininterval=1)
-    groups: dict[int, list[EvalSample]] = {}
+    groups: dict[int | None, list[EvalSample]] = {}
     for s in todo:  # the tile budget is per request; requests of one batch share it
-        groups.setdefault(tiles_per_image(benchmark, s), []).append(s)
+        groups.setdefault(tiles_per_image(benchmark, s, opts.max_tiles), []).append(s)
     with bar:
         for tiles, samples in groups.items():
             for start in range(0, len(samples), opts.batch_size):

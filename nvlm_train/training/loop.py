@@ -30,6 +30,7 @@ from nvlm_train.data.loader import by_dataset, by_reason
 from nvlm_train.data.path_report import DataPathError
 from nvlm_train.data.prompt import get_prompt_format, saved_prompt
 from nvlm_train.data.recipe import RecipeError
+from nvlm_train.evaluation.during_training import TrainingBenchmarks
 from nvlm_train.model.builder import build_model
 from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
 from nvlm_train.model.transformer_config import Precision
@@ -87,6 +88,7 @@ def _precision(cfg: TrainConfig) -> Precision:
 class Trainer:
     def __init__(self, cfg: TrainConfig, config_yaml: str, on_cpu: bool):
         self.cfg, self.config_yaml, self.on_cpu = cfg, config_yaml, on_cpu
+        self.benchmarks = TrainingBenchmarks(cfg)  # train.eval_benchmarks, checked before anything is built
         self.run_dir = Path(cfg.run.dir)
         self.ckpt_root = self.run_dir / "checkpoints"
         self.world = dist.get_world_size()
@@ -300,6 +302,7 @@ class Trainer:
                 if cfg.eval_interval and it % cfg.eval_interval == 0:
                     record = record or self._record(step, dt)
                     record["val_loss"] = self.evaluate()
+                    record.update(self.benchmarks.scores(self))
                 if record is not None:
                     self.metrics.log(record)
                     self.metrics.console(record)
