@@ -98,6 +98,10 @@ def _run_hf(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for flag, path in (("--data", args.data), ("--checkpoint", args.checkpoint), ("--hf", args.hf)):
+        if path is not None and not Path(path).exists():
+            print(f"nvlm-eval: {flag} {path} does not exist", file=sys.stderr)
+            return 1
     Path(args.out).mkdir(parents=True, exist_ok=True)
     try:
         summary = _run_hf(args) if args.hf else _run_megatron(args)

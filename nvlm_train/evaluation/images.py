@@ -1,12 +1,13 @@
 """Images as benchmark files store them: a path (relative to the data file's folder or an image
 folder), base64 text (VLMEvalKit TSVs), raw bytes, or a ``{"bytes": .., "path": ..}`` struct (HF
-parquet releases)."""
+parquet releases). Checked when read (header only), decoded when asked."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +41,60 @@ def _find(name: str, roots: list[Path]) -> Path | None:
     return None
 
 
-def decode_image(value: Any, roots: list[Path]) -> Image.Image:
-    """An RGB PIL image from any of the stored forms."""
+def _header_ok(data: bytes) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            img.size  # noqa: B018
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"undecodable image bytes ({len(data)} bytes): {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LazyImage:
+    """An image checked (header only) when read and decoded only when asked: a benchmark of thousands
+    of images never sits decoded in memory. ``source`` is bytes, a file path or a PIL image."""
+
+    source: Any
+
+    def load(self) -> Image.Image:
+        if isinstance(self.source, Image.Image):
+            return self.source.convert("RGB")
+        if isinstance(self.source, Path):
+            with Image.open(self.source) as img:
+                return img.convert("RGB")
+        return _open_bytes(self.source)
+
+
+def lazy_image(value: Any, roots: list[Path]) -> LazyImage:
+    """Resolve a stored image field (as ``decode_image`` does) without decoding the pixels."""
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return LazyImage(value)
     if isinstance(value, dict):
         if value.get("bytes"):
-            return _open_bytes(value["bytes"])
+            return lazy_image(bytes(value["bytes"]), roots)
         if value.get("path"):
-            return decode_image(value["path"], roots)
+            return lazy_image(value["path"], roots)
         raise ImageError("image struct has neither bytes nor path")
     if isinstance(value, (bytes, bytearray)):
-        return _open_bytes(bytes(value))
+        _header_ok(bytes(value))
+        return LazyImage(bytes(value))
     if not isinstance(value, str) or not value.strip():
         raise ImageError(f"no image in field (got {type(value).__name__})")
     text = value.strip()
-    if len(text) < 1024 and (Path(text).suffix.lower() in IMAGE_SUFFIXES or "/" in text or Path(text).is_file()):
+    if len(text) < 1024:
         found = Path(text) if Path(text).is_file() else _find(text, roots)
-        if found is None:
-            raise ImageError(f"image file {text!r} not found under {', '.join(str(r) for r in roots)}")
-        with Image.open(found) as img:
-            return img.convert("RGB")
-    try:
-        return _open_bytes(base64.b64decode(text, validate=False))
-    except (binascii.Error, ValueError) as exc:
-        found = _find(text, roots)
         if found is not None:
-            with Image.open(found) as img:
-                return img.convert("RGB")
+            try:
+                with Image.open(found) as img:  # the header only
+                    img.size  # noqa: B018
+            except Exception as exc:  # noqa: BLE001
+                raise ImageError(f"{found}: not a readable image: {exc}") from exc
+            return LazyImage(found)
+        if Path(text).suffix.lower() in IMAGE_SUFFIXES or "/" in text:
+            raise ImageError(f"image file {text!r} not found under {', '.join(str(r) for r in roots)}")
+    try:
+        data = base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError) as exc:
         raise ImageError(f"image field is neither base64 nor a file name: {text[:60]!r}") from exc
+    _header_ok(data)
+    return LazyImage(data)

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from nvlm_train.evaluation.benchmark_names import Benchmark
-from nvlm_train.evaluation.images import ImageError, decode_image
+from nvlm_train.evaluation.images import ImageError, LazyImage, lazy_image
 from nvlm_train.evaluation.metrics.choice import choice_letters
 from nvlm_train.evaluation.records import RecordsError, files_of, read_file
 from nvlm_train.evaluation.samples import EvalSample
@@ -142,8 +142,8 @@ class Reader:
         parent = base.parent
         self.roots += [parent, *(parent / d for d in image_dirs)]
 
-    def image(self, value: Any) -> Any:
-        return decode_image(value, self.roots)
+    def image(self, value: Any) -> LazyImage:
+        return lazy_image(value, self.roots)
 
     def images(self, row: dict, *keys: str) -> list:
         for key in keys:
@@ -301,19 +301,21 @@ def _rows(benchmark: Benchmark, data: Path) -> Iterable[dict]:
             yield row
 
 
-def _read_vqav2(data: Path, reader: Reader) -> ReadResult:
+def _read_vqav2(data: Path, reader: Reader, limit: int | None = None) -> ReadResult:
     """VQAv2's official question and annotation files, joined on ``question_id``."""
     folder = data if data.is_dir() else data.parent
     questions = sorted(folder.glob("*questions*.json"))
     annotations = sorted(folder.glob("*annotations*.json"))
     if not questions or not annotations:
         if data.is_file() or list(folder.glob("*.tsv")):
-            return _read_rows(Benchmark.VQAV2, data, _vqa_like, reader)
+            return _read_rows(Benchmark.VQAV2, data, _vqa_like, reader, limit)
         raise RecordsError(f"{folder}: VQAv2 needs *questions*.json and *annotations*.json (or a TSV)")
     answers = {a["question_id"]: a for a in json.loads(annotations[0].read_text())["annotations"]}
     result = ReadResult([])
     reader.roots += [folder / "val2014", folder.parent / "val2014"]
     for q in json.loads(questions[0].read_text())["questions"]:
+        if limit is not None and len(result.samples) >= limit:
+            break
         ann = answers.get(q["question_id"])
         try:
             if ann is None:
@@ -344,7 +346,7 @@ def _read_rows(benchmark: Benchmark, data: Path, convert, reader: Reader, limit:
 def _read_demo(data: Path) -> ReadResult:
     from nvlm_train.data.synth import read_heldout
 
-    return ReadResult([EvalSample(item.key, item.question, [item.answer], [item.image], category=item.task)
+    return ReadResult([EvalSample(item.key, item.question, [item.answer], [LazyImage(item.image)], category=item.task)
                        for item in read_heldout(data)])
 
 
@@ -354,7 +356,7 @@ def read_benchmark(benchmark: Benchmark, data: str | Path, limit: int | None = N
     if benchmark is Benchmark.DEMO:
         result = _read_demo(data)
     elif benchmark is Benchmark.VQAV2:
-        result = _read_vqav2(data, Reader(data))
+        result = _read_vqav2(data, Reader(data), limit)
     else:
         convert, image_dirs = _ROW_READERS[benchmark]
         result = _read_rows(benchmark, data, convert, Reader(data, image_dirs), limit)

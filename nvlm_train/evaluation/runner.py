@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from nvlm_train.evaluation.backends import Backend
 from nvlm_train.evaluation.benchmark_names import Benchmark
+from nvlm_train.evaluation.images import LazyImage
 from nvlm_train.evaluation.prompts import PROMPTS, tiles_per_image, user_text
 from nvlm_train.evaluation.readers import read_benchmark
 from nvlm_train.evaluation.samples import EvalSample
@@ -79,7 +80,8 @@ def _load_cache(path: Path, fingerprint: dict) -> dict[str, dict]:
 
 def request_for(benchmark: Benchmark, sample: EvalSample) -> GenerationRequest:
     system = PROMPTS[benchmark].system
-    return GenerationRequest(sample.id, [("user", user_text(benchmark, sample))], list(sample.images), system)
+    images = [im.load() if isinstance(im, LazyImage) else im for im in sample.images]  # decoded only now
+    return GenerationRequest(sample.id, [("user", user_text(benchmark, sample))], images, system)
 
 
 def run_benchmark(benchmark: Benchmark, data: str | Path, backend: Backend, out: str | Path,

@@ -25,7 +25,7 @@ LIMIT, NEW_TOKENS, DEMO_LIMIT = 2, 4, 8
 def _options(bench: Benchmark, writer: bool = True) -> RunOptions:
     demo = bench is Benchmark.DEMO  # the demo's own prompt settings (6 new tokens, the trained tiles)
     return RunOptions(limit=DEMO_LIMIT if demo else LIMIT, max_new_tokens=None if demo else NEW_TOKENS,
-                      max_tiles=1 if bench is Benchmark.DEMO else None, progress=False, writer=writer)
+                      progress=False, writer=writer)
 
 
 def _evaluate_all(backend, data: dict, out: Path, writer: bool = True) -> dict:
@@ -55,7 +55,9 @@ def both(tiny_model, tmp_path_factory):
     data = {b: path for b, (path, _) in write_fixtures(root / "files").items()}
     data[Benchmark.DEMO] = tiny_model.data_root
     ranks = run_on_layout(_megatron_rank, ParallelConfig(tp=2), tiny_model.checkpoint, data, root / "megatron")
-    hf = _evaluate_all(HFBackend.load(tiny_model.hf), data, root / "hf")
+    backend = HFBackend.load(tiny_model.hf)
+    assert backend.model.config.max_dynamic_patch == 1  # the export carries the trained tiles
+    hf = _evaluate_all(backend, data, root / "hf")
     return ranks, hf, root
 
 
@@ -95,7 +97,7 @@ def test_demo_benchmark_gives_the_demo_accuracy(both, tiny_model, tmp_path):
     # the command line: the HF export, the same number, the results files; a failure exits non-zero
     cmd = [sys.executable, "-m", "nvlm_train.cli.eval", "--benchmark", "demo", "--data", str(tiny_model.data_root),
            "--hf", str(tiny_model.hf), "--out", str(tmp_path / "out"), "--limit", str(DEMO_LIMIT),
-           "--max-tiles", "1", "--compare-card", "--no-progress"]
+           "--compare-card", "--no-progress"]
     cli = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
