@@ -39,11 +39,18 @@ def generate_worker(checkpoint: str, max_new_tokens: int, batch_size: int, use_c
     return [(r.id, r.tokens, r.finish_reason) for r in engine.generate(mixed_requests(), sampling, use_cache)]
 
 
-def layout_worker(rank: int, world: int, checkpoint: str, tp: int, pp: int, max_new_tokens: int):
-    """At TP x PP (spawned gloo ranks): greedy and seeded-sampled tokens of the mixed requests."""
+def layouts_worker(rank: int, world: int, checkpoint: str, layouts: list[tuple[int, int]], max_new_tokens: int):
+    """On ``world`` gloo ranks, each (tp, pp) in turn (the rest of the world is data-parallel):
+    greedy and seeded-sampled tokens of the mixed requests per layout. One process group for all
+    layouts; megatron's groups are rebuilt for each."""
     from nvlm_train.config.parallel import ParallelConfig
+    from nvlm_train.runtime.initialize import initialize_distributed
     from nvlm_train.runtime.session import distributed_session
 
-    with distributed_session(ParallelConfig(tp=tp, pp=pp), num_language_layers=4):
-        return (generate_worker(checkpoint, max_new_tokens, 8),
-                generate_worker(checkpoint, max_new_tokens, 3, temperature=0.9))
+    out = {}
+    with distributed_session(ParallelConfig(tp=layouts[0][0], pp=layouts[0][1]), num_language_layers=4):
+        for tp, pp in layouts:
+            initialize_distributed(ParallelConfig(tp=tp, pp=pp), num_language_layers=4)
+            out[(tp, pp)] = (generate_worker(checkpoint, max_new_tokens, 8),
+                             generate_worker(checkpoint, max_new_tokens, 3, temperature=0.9))
+    return out
