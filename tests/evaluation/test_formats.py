@@ -87,3 +87,37 @@ def test_results_files_resume_and_refuse_another_models_cache(fixtures, tmp_path
     other.fingerprint = "another model"
     with pytest.raises(CacheMismatch):
         run_benchmark(Benchmark.GSM8K, data, other, tmp_path, RunOptions(progress=False))
+
+
+def test_hf_parquet_releases(tmp_path, monkeypatch):
+    """MMMU's and MathVista's HF parquet rows (images as {bytes, path} structs); written as parquet when
+    pyarrow is installed, else handed to the reader as pyarrow would."""
+    from tests.evaluation.fixtures import png
+
+    image = {"bytes": png((9, 9, 9)), "path": "x.png"}
+    tables = {
+        "mmmu.parquet": [{"id": "validation_Art_3", "question": "<image 1> Which?", "options": "['red', 'blue']",
+                          "answer": "B", "question_type": "multiple-choice", "subfield": "Painting",
+                          "image_1": image, "image_2": None}],
+        "testmini.parquet": [{"pid": "1", "question": "How many?", "query": "Hint: x\nQuestion: How many?",
+                              "decoded_image": image, "choices": None, "answer": "3", "question_type": "free_form",
+                              "answer_type": "integer", "precision": None}],
+    }
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        for name, rows in tables.items():
+            pq.write_table(pa.Table.from_pylist(rows), tmp_path / name)
+    except ImportError:
+        import nvlm_train.evaluation.readers as readers
+
+        for name in tables:
+            (tmp_path / name).write_bytes(b"")
+        monkeypatch.setattr(readers, "read_file", lambda path, fields=None: iter(tables[path.name]))
+    mmmu = read_benchmark(Benchmark.MMMU, tmp_path / "mmmu.parquet").samples
+    assert [(s.id, s.choices, s.answers, len(s.images), s.category) for s in mmmu] == [
+        ("validation_Art_3", ["red", "blue"], ["B"], 1, "Painting")]
+    mv = read_benchmark(Benchmark.MATHVISTA, tmp_path / "testmini.parquet").samples
+    assert mv[0].answers == ["3"] and mv[0].meta["answer_type"] == "integer" and len(mv[0].images) == 1
+    assert user_text(Benchmark.MATHVISTA, mv[0]) == "<image>\nx\nQuestion: How many?"
