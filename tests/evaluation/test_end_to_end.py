@@ -94,7 +94,10 @@ def test_demo_benchmark_gives_the_demo_accuracy(both, tiny_model, tmp_path, caps
                           str(DEMO_LIMIT)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    assert demo_score == pytest.approx(100 * json.loads(ref.stdout.strip().splitlines()[-1])["accuracy"])
+    reference = json.loads(ref.stdout.strip().splitlines()[-1])
+    assert demo_score == pytest.approx(100 * reference["accuracy"])
+    assert ranks[0][Benchmark.DEMO][0]["categories"] == pytest.approx(
+        {task: 100 * acc for task, acc in reference["per_task"].items()}, abs=0.01)
     # the command line: the HF export, the same number, the results files; a failure exits non-zero
     cmd = [sys.executable, "-m", "nvlm_train.cli.eval", "--benchmark", "demo", "--data", str(tiny_model.data_root),
            "--hf", str(tiny_model.hf), "--out", str(tmp_path / "out"), "--limit", str(DEMO_LIMIT),
