@@ -148,7 +148,8 @@ class Reader:
     def images(self, row: dict, *keys: str) -> list:
         for key in keys:
             value = row.get(key)
-            if _missing(value) if not isinstance(value, (dict, bytes)) else not value:
+            empty = not value if isinstance(value, (dict, bytes)) else _missing(value)
+            if empty:
                 continue
             if isinstance(value, str) and value.strip().startswith("["):  # several base64 images
                 return [self.image(v) for v in _as_list(value)]
