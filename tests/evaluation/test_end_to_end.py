@@ -98,16 +98,17 @@ def test_demo_benchmark_gives_the_demo_accuracy(both, tiny_model, tmp_path, caps
     assert demo_score == pytest.approx(100 * reference["accuracy"])
     assert ranks[0][Benchmark.DEMO][0]["categories"] == pytest.approx(
         {task: 100 * acc for task, acc in reference["per_task"].items()}, abs=0.01)
-    # the command line: the HF export, the same number, the results files; a failure exits non-zero
+    # the command line (megatron at TP2 on 2 spawned ranks): the same number, the results files; a failure
+    # exits non-zero
     cmd = [sys.executable, "-m", "nvlm_train.cli.eval", "--benchmark", "demo", "--data", str(tiny_model.data_root),
-           "--hf", str(tiny_model.hf), "--out", str(tmp_path / "out"), "--limit", str(DEMO_LIMIT),
-           "--compare-card", "--no-progress"]
+           "--checkpoint", str(tiny_model.checkpoint), "--tp", "2", "--out", str(tmp_path / "out"), "--limit",
+           str(DEMO_LIMIT), "--compare-card", "--no-progress"]
     cli = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["demo"]["score"] == demo_score and results["demo"]["n"] == DEMO_LIMIT
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == DEMO_LIMIT
-    assert "## Demo" in (tmp_path / "out" / "results.md").read_text()
+    assert "| megatron iter_0000006 |" in (tmp_path / "out" / "results.md").read_text()
     assert eval_main(cmd[3:5] + ["--data", str(tmp_path / "missing")] + cmd[7:]) == 1
     assert "nvlm-eval: --data" in capsys.readouterr().err
 
