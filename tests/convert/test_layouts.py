@@ -112,6 +112,8 @@ def test_verify_cli_fails_on_a_wrong_export(checkpoints, exports, tmp_path):
     proc = cli("verify", "--checkpoint", str(checkpoints["tp1"]), "--hf", str(bad), check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "FAILED" in proc.stdout
+    # layer 0 and the ViT agree; the changed tensor's layer is the first block that diverges
+    assert "first diverging block: text: language_model.model.layers.1 " in proc.stdout, proc.stdout
 
 
 def _released_vit_reference(state: dict, vc: dict, pixels: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,9 @@ import sys
 from tests.convert.helpers import REPO
 
 
-def test_generate_throughput_smoke():
-    proc = subprocess.run([sys.executable, "bench/generate_throughput.py", "--smoke"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+def test_generate_throughput_smoke(tiny_ckpt):
+    proc = subprocess.run([sys.executable, "bench/generate_throughput.py", "--smoke", "--checkpoint", str(tiny_ckpt)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["same_tokens"] and r["prompts"] == 4 and r["tiles_total"] > 2
