@@ -54,7 +54,7 @@ def build_optimizer(ddp_chunks, cfg: TrainConfig, bf16: bool):
         min_lr=o.min_lr if o.decay_style != "constant" else o.lr,
         lr_warmup_steps=o.warmup_iters,
         lr_decay_steps=decay_iters,
-        lr_decay_style=o.decay_style,
+        lr_decay_style=str(o.decay_style),  # a plain str: it is saved in the checkpoint's common.pt
         start_wd=o.weight_decay,
         end_wd=o.weight_decay,
         wd_incr_steps=decay_iters,
