@@ -155,6 +155,8 @@ class GenerationEngine:
                 return open_image(path.read_bytes())
             except SampleError as exc:
                 raise RequestError(exc.reason, f"{path}: {exc.message}") from None
+            except OSError as exc:
+                raise RequestError("unreadable_image", f"{path}: {exc}") from None
         return image
 
     # ---- generation -----------------------------------------------------------------------------
