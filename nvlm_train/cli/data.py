@@ -66,7 +66,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from nvlm_train.data.errors import SampleError
     from nvlm_train.data.inspect_sample import save_contact_sheet, token_view
-    from nvlm_train.data.loader import DataConfig, MultimodalLoader, Skip
+    from nvlm_train.data.loader import DataConfig, MultimodalLoader, Skip, is_read_member
     from nvlm_train.data.recipe import recipe_from_paths
     from nvlm_train.data.samples import parse_sample
 
@@ -98,9 +98,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"SKIPPED: {res.reason} {res.message}")
         return 0
     try:
-        from nvlm_train.data.loader import _wanted
-
-        raw = proc.reader.read(shard.path, {e: v for e, v in members.items() if _wanted(e)})
+        raw = proc.reader.read(shard.path, {e: v for e, v in members.items() if is_read_member(e)})
         conv = parse_sample(raw, proc.sources[d].spec.sample_options)
         if conv.system:
             print(f"system: {conv.system}")

@@ -182,7 +182,7 @@ def _index_losses(index_skips: Counter, sources: list[DatasetSource]) -> Counter
     return out
 
 
-def _wanted(ext: str) -> bool:
+def is_read_member(ext: str) -> bool:
     """Members the pipeline reads; everything else (.pyd, .pickle, ...) is never even loaded."""
     e = ext.lower()
     if e in ("json", "txt") or e in IMAGE_EXTS:
@@ -226,7 +226,7 @@ class SampleProcessor:
         try:
             d, shard, k = self.locate(j)
             shard_path, key = shard.path, shard.keys[k]
-            members = {e: v for e, v in shard.members[k].items() if _wanted(e)}
+            members = {e: v for e, v in shard.members[k].items() if is_read_member(e)}
             try:
                 raw = self.reader.read(shard.path, members)
             except OSError as e:
