@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
     # 3. megatron accuracy ---------------------------------------------------------------------------
     _say("3/5 held-out accuracy of the megatron checkpoint (greedy, exact match)")
-    mega = _last_json(_run([sys.executable, "-m", "nvlm_train.inference.evaluate", "--checkpoint",
+    mega = _last_json(_run([sys.executable, "-m", "nvlm_train.cli.demo_eval", "megatron", "--checkpoint",
                             str(checkpoint), "--data-root", str(data_root)]))
     _say(f"    megatron accuracy {mega['accuracy']:.1%} ({mega['correct']}/{mega['total']}) {mega['per_task']}")
 
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     _say(f"4/5 exporting to HF ({hf_dir}) and asking model.chat the same questions")
     _run([sys.executable, "-m", "nvlm_train.cli.convert", "mcore-to-hf", "--checkpoint", str(checkpoint),
           "--out", str(hf_dir), "--tokenizer", str(tokenizer), "--dtype", "fp32", "--force"])
-    hf = _last_json(_run([sys.executable, "-m", "nvlm_train.inference.hf_eval", "--hf", str(hf_dir),
+    hf = _last_json(_run([sys.executable, "-m", "nvlm_train.cli.demo_eval", "hf", "--hf", str(hf_dir),
                           "--data-root", str(data_root), "--max-tiles", str(max_tiles)]))
     _say(f"    HF chat accuracy {hf['accuracy']:.1%} ({hf['correct']}/{hf['total']}) {hf['per_task']}")
 

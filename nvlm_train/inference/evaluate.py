@@ -1,29 +1,17 @@
 """Held-out exact-match accuracy of a training checkpoint (megatron model), e.g. for the demo.
 
-``python -m nvlm_train.inference.evaluate --checkpoint RUN/checkpoints --data-root DEMO_DATA``
-prints one JSON line: accuracy, correct, total, per-task accuracy. The checkpoint may have been
+``python -m nvlm_train.cli.demo_eval megatron --checkpoint RUN/checkpoints --data-root DEMO_DATA``
+prints it as one JSON line: accuracy, correct, total, per-task accuracy. The checkpoint may have been
 saved at any TP/PP: it is loaded at TP1/PP1 in this process (dist checkpoints reshard) and run by
 the generation engine (batched, KV cache, the checkpoint's prompt preset), greedy.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import Counter
 
 from tqdm import tqdm
-
-
-def _args(argv):
-    p = argparse.ArgumentParser(prog="python -m nvlm_train.inference.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoints/ folder or one iter_* folder")
-    p.add_argument("--data-root", required=True, help="demo data root (with heldout/ shards)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N held-out items")
-    p.add_argument("--max-new-tokens", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=8)
-    return p.parse_args(argv)
 
 
 def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_tokens: int = 6,
@@ -52,14 +40,3 @@ def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_
     return {"accuracy": correct / max(1, len(items)), "correct": correct, "total": len(items),
             "per_task": {t: per_task[t] / totals[t] for t in totals}, "iteration": run.iteration,
             "prompt_format": run.prompt[0]}
-
-
-def main(argv=None) -> int:
-    args = _args(argv)
-    result = evaluate(args.checkpoint, args.data_root, args.limit, args.max_new_tokens, args.batch_size)
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Held-out exact-match accuracy of an HF NVLM-D export, used exactly as the model card shows.
 
-``python -m nvlm_train.inference.hf_eval --hf DIR --data-root DEMO_DATA`` loads the export with
+``python -m nvlm_train.cli.demo_eval hf --hf DIR --data-root DEMO_DATA`` loads the export with
 ``AutoModel.from_pretrained(..., trust_remote_code=True)`` and ``AutoTokenizer(use_fast=False)``,
 tiles each image with the card's ``load_image`` semantics and asks ``model.chat``. Prints one JSON
 line: accuracy, correct, total, per-task accuracy.
@@ -8,8 +8,6 @@ line: accuracy, correct, total, per-task accuracy.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections import Counter
 
@@ -40,18 +38,3 @@ def evaluate_hf(hf_dir: str, data_root: str, limit: int | None = None, max_tiles
         totals[item.task] += 1
     return {"accuracy": correct / max(1, len(items)), "correct": correct, "total": len(items),
             "per_task": {t: per_task[t] / totals[t] for t in totals}}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nvlm_train.inference.hf_eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--hf", required=True, help="an exported HF NVLM-D directory")
-    p.add_argument("--data-root", required=True, help="demo data root (with heldout/ shards)")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--max-tiles", type=int, default=None, help="default: the export's max_dynamic_patch")
-    args = p.parse_args(argv)
-    print(json.dumps(evaluate_hf(args.hf, args.data_root, args.limit, args.max_tiles)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -89,7 +89,7 @@ def test_megatron_tp2_and_hf_export_give_the_same_predictions_and_table(both):
 def test_demo_benchmark_gives_the_demo_accuracy(both, tiny_model, tmp_path, capsys):
     ranks, _, _ = both
     demo_score = ranks[0][Benchmark.DEMO][0]["score"]
-    ref = subprocess.run([sys.executable, "-m", "nvlm_train.inference.evaluate", "--checkpoint",
+    ref = subprocess.run([sys.executable, "-m", "nvlm_train.cli.demo_eval", "megatron", "--checkpoint",
                           str(tiny_model.checkpoint), "--data-root", str(tiny_model.data_root), "--limit",
                           str(DEMO_LIMIT)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
