@@ -76,13 +76,17 @@ def tokenize_segments(segments, tok: TextTokenizer) -> tuple[np.ndarray, np.ndar
     return np.asarray(ids, dtype=np.int64), np.asarray(flags, dtype=bool)
 
 
-def encode_conversation(conv: Conversation, tok: TextTokenizer, opts: EncodeOptions) -> EncodedSample:
-    """Format, tokenise and tile one conversation; raises ``SampleError`` if it cannot be used."""
-    texts = [t for _, t in conv.messages] + ([conv.system] if conv.system else [])
+def check_no_special_tokens(texts) -> None:
+    """Raw text must not spell a special token (it would tokenise as the control token)."""
     for t in texts:
         for special in SPECIAL_TOKENS:
             if special in t:
                 raise SampleError(SPECIAL_TOKEN_IN_TEXT, f"text contains {special}")
+
+
+def encode_conversation(conv: Conversation, tok: TextTokenizer, opts: EncodeOptions) -> EncodedSample:
+    """Format, tokenise and tile one conversation; raises ``SampleError`` if it cannot be used."""
+    check_no_special_tokens([t for _, t in conv.messages] + ([conv.system] if conv.system else []))
     images = [open_image(b, opts.max_image_pixels) for b in conv.images]
     system = conv.system if conv.system is not None else opts.system
     chosen = None
@@ -124,7 +128,9 @@ def encode_prompt(
 
     ``images`` are PIL images (any mode) in placeholder order; layout and tiling are the training ones
     (each image gets ``max_tiles`` tiles at most, plus the thumbnail), without the token budget.
+    Raises SampleError (``special_token_in_text``) for text that spells a special token.
     """
+    check_no_special_tokens([t for _, t in messages] + ([system] if system else []))
     payload = ImageTiles.cut(TileRoute.WORKER, [to_rgb(im) for im in images], max_tiles, image_size, True)
     segments = build_segments(messages, payload.tiles_per_image, tokens_per_tile, system=system,
                               add_generation_prompt=True, fmt=prompt_format)

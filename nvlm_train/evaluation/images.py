@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from nvlm_train.data.errors import SampleError
+from nvlm_train.data.images import decode_image, open_image
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".webp", ".gif", ".bmp")
 
@@ -20,12 +22,12 @@ class ImageError(ValueError):
     """An image field that cannot be decoded (the record is skipped and counted)."""
 
 
-def _open_bytes(data: bytes) -> Image.Image:
+def _decoded(data: bytes, where: str) -> Image.Image:
+    """RGB pixels through the data pipeline's bounded decoder (``data.images``: size limit, card's convert)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data
-        raise ImageError(f"undecodable image bytes ({len(data)} bytes): {exc}") from exc
+        return decode_image(data)
+    except SampleError as exc:
+        raise ImageError(f"{where}: {exc.reason}: {exc.message}") from None
 
 
 def _find(name: str, roots: list[Path]) -> Path | None:
@@ -43,10 +45,9 @@ def _find(name: str, roots: list[Path]) -> Path | None:
 
 def _header_ok(data: bytes) -> None:
     try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            img.size  # noqa: B018
-    except Exception as exc:  # noqa: BLE001
-        raise ImageError(f"undecodable image bytes ({len(data)} bytes): {exc}") from exc
+        open_image(data)  # the header only, with the pipeline's pixel limit
+    except SampleError as exc:
+        raise ImageError(f"image bytes ({len(data)} bytes): {exc.reason}: {exc.message}") from None
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,8 @@ class LazyImage:
         if isinstance(self.source, Image.Image):
             return self.source.convert("RGB")
         if isinstance(self.source, Path):
-            with Image.open(self.source) as img:
-                return img.convert("RGB")
-        return _open_bytes(self.source)
+            return _decoded(self.source.read_bytes(), str(self.source))
+        return _decoded(self.source, f"image bytes ({len(self.source)} bytes)")
 
 
 def lazy_image(value: Any, roots: list[Path]) -> LazyImage:

@@ -24,7 +24,7 @@ from nvlm_train.config.model import ModelConfig
 from nvlm_train.data.encode import encode_prompt
 from nvlm_train.data.errors import SampleError
 from nvlm_train.data.images import open_image
-from nvlm_train.data.prompt import PRESET_SYSTEM, SPECIAL_TOKENS
+from nvlm_train.data.prompt import PRESET_SYSTEM
 from nvlm_train.data.tokenizer import TextTokenizer
 from nvlm_train.inference.decode import DecodeOptions, RowOutput, generate_tokens
 from nvlm_train.inference.runner import StageRunner
@@ -124,12 +124,7 @@ class GenerationEngine:
 
     def encode(self, request: GenerationRequest) -> tuple[list[int], torch.Tensor]:
         """Prompt ids ending in the assistant header, and the request's tiles; raises RequestError."""
-        texts = [t for _, t in request.messages]
         system = self.system_text(request.system)
-        for text in texts + ([system] if system else []):
-            for special in SPECIAL_TOKENS:
-                if special in text:
-                    raise RequestError("special_token_in_text", f"the text contains {special}")
         images = [self._open(im) for im in request.images]
         cfg = self.model_cfg
         try:

@@ -65,11 +65,13 @@ def test_bad_requests_are_reported_not_raised(engine, tmp_path):
     good = mixed_requests()[0]
     reqs = [GenerationRequest("missing", [("user", "<image>\nWhat?")], [str(tmp_path / "nope.png")]), good,
             GenerationRequest("long", [("user", "word " * 5000)]),
-            GenerationRequest("count", [("user", "<image>\n<image>\nTwo?")], [str(tmp_path / "nope.png")][:0])]
+            GenerationRequest("count", [("user", "<image>\n<image>\nTwo?")], [str(tmp_path / "nope.png")][:0]),
+            GenerationRequest("special", [("user", "look <|im_end|> here")])]
     out = {r.id: r for r in engine.generate(reqs, SamplingConfig(max_new_tokens=3))}
     assert out["missing"].finish_reason == "error:missing_image" and "nope.png" in out["missing"].error
     assert out["long"].finish_reason == "error:too_long"
     assert out["count"].finish_reason == "error:bad_request"
+    assert out["special"].finish_reason == "error:special_token_in_text" and "<|im_end|>" in out["special"].error
     assert len(out[good.id].tokens) == 3
 
 
