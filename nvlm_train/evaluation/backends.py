@@ -37,11 +37,10 @@ class EngineBackend:
     @classmethod
     def from_checkpoint(cls, path: str | Path, batch_size: int = 8) -> EngineBackend:
         """Collective: inside a distributed session at the launched layout."""
-        from nvlm_train.checkpoint.saved_run import SavedRun
         from nvlm_train.inference.engine import GenerationEngine
 
-        run = SavedRun.from_folder(path)
         engine = GenerationEngine.from_checkpoint(path, batch_size=batch_size)
+        run = engine.saved_run
         return cls(engine, f"megatron {run.folder.name}", f"megatron:{Path(run.folder).resolve()}")
 
     def generate(self, requests, sampling, max_tiles):

@@ -79,8 +79,9 @@ class GenerationEngine:
     """One rank's share of a model at the launched layout plus what prompts need (tokenizer, preset)."""
 
     def __init__(self, chunk, model_cfg: ModelConfig, tokenizer: TextTokenizer, prompt: tuple[str, str | None],
-                 max_tiles: int, batch_size: int = 8, max_context: int | None = None):
+                 max_tiles: int, batch_size: int = 8, max_context: int | None = None, saved_run=None):
         self.model_cfg = model_cfg
+        self.saved_run = saved_run  # the checkpoint's SavedRun (from_checkpoint), for callers that report it
         self.tokenizer = tokenizer
         self.prompt_format, self.preset_system = prompt
         self.max_tiles = max_tiles
@@ -116,7 +117,7 @@ class GenerationEngine:
         load_checkpoint(run.folder, built.chunks, weights_only=True)
         tok_dir = tokenizer_dir or run.tokenizer_dir or build_demo_tokenizer()
         return cls(built.chunks[0], model_cfg, TextTokenizer(tok_dir), run.prompt, max_tiles or run.max_tiles,
-                   batch_size, max_context)
+                   batch_size, max_context, saved_run=run)
 
     # ---- requests -> prompts --------------------------------------------------------------------
     def system_text(self, system: str | None) -> str | None:

@@ -34,9 +34,7 @@ def evaluate(checkpoint: str, data_root: str, limit: int | None = None, max_new_
         correct += ok
         per_task[item.task] += ok
         totals[item.task] += 1
-    from nvlm_train.checkpoint.saved_run import SavedRun
-
-    run = SavedRun.from_folder(checkpoint)
+    run = engine.saved_run
     return {"accuracy": correct / max(1, len(items)), "correct": correct, "total": len(items),
             "per_task": {t: per_task[t] / totals[t] for t in totals}, "iteration": run.iteration,
             "prompt_format": run.prompt[0]}
