@@ -41,6 +41,7 @@ class TrainSection:
     max_nonfinite_in_a_row: int = 5  # abort after this many skipped steps in a row
     exit_interval: int = 0  # >0: save and exit 0 when the iteration is a multiple (time-sliced jobs)
     precision: PrecisionMode = PrecisionMode.auto  # auto: bf16 on GPU, fp32 on CPU
+    sync_timing: bool = False  # synchronise the device at each step's end for exact step times
 
 
 @dataclass

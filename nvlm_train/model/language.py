@@ -19,9 +19,10 @@ class PositionIdRotaryEmbedding(torch.nn.Module):
     Calling the module itself is megatron's own behaviour (THD packs restart from ``cu_seqlens``).
     """
 
-    def __init__(self, inner: torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module, max_positions: int):
         super().__init__()
         self.inner = inner
+        self.max_positions = max_positions
 
     def get_rotary_seq_len(self, *args, **kwargs):
         return self.inner.get_rotary_seq_len(*args, **kwargs)
@@ -30,8 +31,12 @@ class PositionIdRotaryEmbedding(torch.nn.Module):
         return self.inner(max_seq_len, *args, **kwargs)  # [max_seq_len, 1, 1, d]
 
     def at_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
-        """[b, s] positions -> [s, b, 1, d] frequencies."""
-        freqs = self.inner(int(position_ids.max().item()) + 1)  # [p, 1, 1, d]
+        """[b, s] positions -> [s, b, 1, d] frequencies.
+
+        The table covers every position the model accepts (and at least the row's width), so no
+        device value (``position_ids.max()``) is read on the host; megatron caches it per length.
+        """
+        freqs = self.inner(max(self.max_positions, position_ids.shape[-1]))  # [p, 1, 1, d]
         return freqs[:, 0, 0, :][position_ids.t()].unsqueeze(2)  # [s, b, 1, d]
 
 
@@ -58,7 +63,7 @@ def build_qwen2(
         parallel_output=True,
         vp_stage=vp_stage,
     )
-    model.rotary_pos_emb = PositionIdRotaryEmbedding(model.rotary_pos_emb)
+    model.rotary_pos_emb = PositionIdRotaryEmbedding(model.rotary_pos_emb, lm.max_position_embeddings)
     return model
 
 

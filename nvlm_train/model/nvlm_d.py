@@ -34,6 +34,21 @@ class ImageTokenMismatchError(ValueError):
     """The number of image-context tokens does not match the image embeddings provided."""
 
 
+def check_image_slots(tokens: torch.Tensor, num_embeds: int, image_token_id: int,
+                      image_mask: torch.Tensor | None = None) -> None:
+    """The image-context tokens of ``tokens`` ([b, s], on the host) are exactly ``num_embeds``."""
+    is_image = tokens == image_token_id  # [b, s]
+    if image_mask is not None:
+        is_image = is_image & image_mask
+    n_slots = int(is_image.sum())
+    if n_slots != num_embeds:
+        raise ImageTokenMismatchError(
+            f"the batch has {n_slots} image-context tokens (id {image_token_id}) but the images "
+            f"produce {num_embeds} embeddings; each tile needs exactly tokens_per_tile "
+            f"image-context tokens"
+        )
+
+
 def splice_image_embeddings(
     text_embeds: torch.Tensor, tokens: torch.Tensor, image_embeds: torch.Tensor, image_token_id: int,
     image_mask: torch.Tensor | None = None,
@@ -43,21 +58,18 @@ def splice_image_embeddings(
     ``text_embeds`` is [s, b, h]; positions are filled row-major over the batch, the order in
     which the data pipeline lays out the tiles. ``image_mask`` ([b, s] bool) narrows the slots to
     the prompt's (generation: an image-context token the model generates is text, as in HF).
+    The slot count is checked where ``tokens`` is a host tensor (the trainer checks its batches
+    before the copy, ``check_image_slots``): on a GPU that count would be a device-to-host sync.
     """
+    if tokens.device.type == "cpu":
+        check_image_slots(tokens, image_embeds.shape[0], image_token_id, image_mask)
+    if image_embeds.shape[0] == 0:
+        return text_embeds
     is_image = tokens == image_token_id  # [b, s]
     if image_mask is not None:
         is_image = is_image & image_mask
-    n_slots = int(is_image.sum())
-    if n_slots != image_embeds.shape[0]:
-        raise ImageTokenMismatchError(
-            f"the batch has {n_slots} image-context tokens (id {image_token_id}) but the images "
-            f"produce {image_embeds.shape[0]} embeddings; each tile needs exactly tokens_per_tile "
-            f"image-context tokens"
-        )
-    if n_slots == 0:
-        return text_embeds
-    out = text_embeds.transpose(0, 1).clone()  # [b, s, h]
-    out[is_image] = image_embeds.to(out.dtype)
+    out = text_embeds.transpose(0, 1)  # [b, s, h]
+    out = out.masked_scatter(is_image.unsqueeze(-1), image_embeds.to(out.dtype))  # row-major, no host read
     return out.transpose(0, 1).contiguous()  # [s, b, h]
 
 

@@ -13,8 +13,9 @@ from functools import partial
 
 import torch
 
+from nvlm_train.model.nvlm_d import check_image_slots
 from nvlm_train.model.packing import check_positions
-from nvlm_train.vision.route import IMAGE_KEYS, batch_pixels
+from nvlm_train.vision.route import IMAGE_KEYS, batch_pixels, batch_tiles
 
 # Read on the host to build the packed-attention tables: moving them would cost a device sync.
 HOST_KEYS = ("seq_boundaries", "num_samples")
@@ -34,11 +35,11 @@ def to_device(batch: dict, device: torch.device | str, needs_pixels: bool = True
     return out
 
 
-def _first_stage(model) -> bool:
-    """Whether this model chunk embeds the input (megatron's ``pre_process``), through DDP wrappers."""
+def _unwrap(model):
+    """The NVLM-D chunk inside megatron's DDP wrappers."""
     while not hasattr(model, "pre_process") and hasattr(model, "module"):
         model = model.module
-    return getattr(model, "pre_process", True)
+    return model
 
 
 def masked_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
@@ -53,9 +54,15 @@ def masked_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 def forward_step(data_iterator: Iterator[dict], model):
     batch = next(data_iterator)
     device = next(model.parameters()).device
-    if batch.get("seq_boundaries") is not None and batch["position_ids"].device.type == "cpu":
-        check_positions(batch["position_ids"], batch["seq_boundaries"])  # on the host, before the copy
-    batch = to_device(batch, device, needs_pixels=_first_stage(model))
+    chunk = _unwrap(model)
+    first = getattr(chunk, "pre_process", True)
+    if batch["tokens"].device.type == "cpu":  # checked on the host, before the copy: no device sync
+        if batch.get("seq_boundaries") is not None:
+            check_positions(batch["position_ids"], batch["seq_boundaries"])
+        if first and hasattr(chunk, "model_cfg"):
+            check_image_slots(batch["tokens"], batch_tiles(batch) * chunk.model_cfg.tokens_per_tile,
+                              chunk.image_token_id)
+    batch = to_device(batch, device, needs_pixels=first)
     output = model(
         batch["tokens"],
         batch["position_ids"],

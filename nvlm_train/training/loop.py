@@ -40,7 +40,7 @@ from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
 from nvlm_train.training.metrics_resume import drop_metrics_after
-from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, wrap_ddp
+from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, step_if_finite, wrap_ddp
 from nvlm_train.training.signals import install_process_flag
 from nvlm_train.training.stop_marker import write_stop_marker
 from nvlm_train.training.wandb_guard import guard_wandb
@@ -67,17 +67,6 @@ def _global_loss(reports: list[dict]) -> tuple[float, float]:
         local = [float(s[0]), float(s[1])]
     local = _all_reduce(local, parallel_state.get_pipeline_model_parallel_group())
     return tuple(_all_reduce(local, parallel_state.get_data_parallel_group()))  # type: ignore[return-value]
-
-
-def _grads_finite(chunks) -> bool:
-    ok = 1.0
-    for chunk in chunks:
-        for p in chunk.parameters():
-            g = getattr(p, "main_grad", None)
-            if g is not None and not torch.isfinite(g).all():
-                ok = 0.0
-                break
-    return _all_reduce([ok], op=dist.ReduceOp.MIN)[0] > 0
 
 
 def _precision(cfg: TrainConfig) -> Precision:
@@ -211,11 +200,8 @@ class Trainer:
         reports = self._run_schedule(batches, forward_only=False)
         loss_sum, tokens = _global_loss(reports)
         loss = loss_sum / max(tokens, 1.0)
-        finite = math.isfinite(loss) and _grads_finite(self.chunks)
-        grad_norm = None
-        if finite:
-            ok, grad_norm, _ = self.optimizer.step()
-            finite = ok and grad_norm is not None and math.isfinite(grad_norm)
+        grad_norm = step_if_finite(self.optimizer) if math.isfinite(loss) else None
+        finite = grad_norm is not None
         if finite:
             self.scheduler.step(increment=1)
             self.state.skipped_steps = 0
@@ -291,7 +277,7 @@ class Trainer:
                   f"from iteration {self.state.iteration} to {cfg.iters}")
         saved_at = self.state.iteration if latest_iteration(self.ckpt_root) is not None else None
         try:
-            timer = StepTimer()
+            timer = StepTimer(synchronize=cfg.sync_timing)
             while self.state.iteration < cfg.iters:
                 step = self.train_step()
                 dt = timer.lap()

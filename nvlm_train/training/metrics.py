@@ -109,11 +109,16 @@ def _init_wandb(run_dir: Path, mode: str, project: str, name: str | None, config
 
 
 class StepTimer:
-    def __init__(self):
+    """Wall time between laps. Each step already ends in a host read (the global loss and the grad
+    norm), which waits for the device work those depend on; ``synchronize`` also waits for the
+    rest (exact per-step times, one extra device sync per step)."""
+
+    def __init__(self, synchronize: bool = False):
+        self.synchronize = synchronize and torch.cuda.is_available()
         self.start = time.perf_counter()
 
     def lap(self) -> float:
-        if torch.cuda.is_available():
+        if self.synchronize:
             torch.cuda.synchronize()
         now = time.perf_counter()
         elapsed, self.start = now - self.start, now

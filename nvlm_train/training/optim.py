@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import ChainedOptimizer, OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from nvlm_train.config.train import TrainConfig
@@ -74,3 +77,24 @@ def configure_schedule_hooks(ddp_chunks, optimizer) -> None:
     config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
     if len(ddp_chunks) > 1:
         config.grad_sync_func = [c.start_grad_sync for c in ddp_chunks]
+
+
+def step_if_finite(optimizer) -> float | None:
+    """Clip and step unless the gradients are non-finite; returns the grad norm, None when skipped.
+
+    megatron's ``step()`` clips by a NaN norm as a no-op and then steps (bf16 and fp32 have no loss
+    scaler to catch it), so the norm is computed first, with its one DP/MP reduction and one host
+    read, and decides. The clipping is ``ChainedOptimizer.step``'s, with that same norm.
+    """
+    if optimizer.prepare_grads():  # fp16 loss-scaler overflow
+        return None
+    grad_norm = float(optimizer.get_grad_norm())
+    if not math.isfinite(grad_norm):
+        return None
+    parts = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    for part in parts:
+        params = [] if getattr(part, "is_stub_optimizer", False) else part.get_parameters()
+        if params and part.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_fp32(params, max_norm=part.config.clip_grad, total_norm=grad_norm,
+                                         use_decoupled_grad=part.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+    return grad_norm if optimizer.step_with_ready_grads() else None

@@ -34,7 +34,7 @@ def test_thd_rope_matches_per_sample_position_ids():
     group = OneRank()
     with cpu_runtime():
         rope = PositionIdRotaryEmbedding(RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, rotary_base=10000.0,
-                                                         cp_group=group))
+                                                         cp_group=group), max_positions=64)
         per_token = rope.at_positions(position_ids)  # [s, b, 1, d]
         reference = apply_rotary_pos_emb(x, per_token, CONFIG, cp_group=group)  # [s, b, h, d]
         unrestarted = apply_rotary_pos_emb(x, rope(s), CONFIG, cp_group=group)  # positions 0..s-1 per row

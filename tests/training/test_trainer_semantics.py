@@ -112,7 +112,23 @@ def nonfinite_worker(rank, world, overrides):
     from nvlm_train.training.loop import NonFiniteError
 
     trainer = _trainer(overrides)
-    proj = trainer.chunks[0].module.projector.linear_fc2.weight
+    module = trainer.chunks[0].module
+    # A finite loss with one infinite gradient: the step is skipped and no parameter moves.
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    run = trainer._run_schedule
+
+    def one_inf_grad(batches, forward_only):
+        reports = run(batches, forward_only)
+        next(p for p in module.parameters() if p.requires_grad).main_grad.view(-1)[0] = float("inf")
+        return reports
+
+    trainer._run_schedule = one_inf_grad
+    grad_step = trainer.train_step()
+    trainer._run_schedule = run
+    grad_only = {"loss_finite": bool(torch.isfinite(torch.tensor(grad_step["loss"]))), "finite": grad_step["finite"],
+                 "unchanged": all(torch.equal(p, before[n]) for n, p in module.named_parameters())}
+
+    proj = module.projector.linear_fc2.weight
     saved = proj.detach().clone()
     with torch.no_grad():
         proj.fill_(float("nan"))
@@ -126,13 +142,14 @@ def nonfinite_worker(rank, world, overrides):
     with torch.no_grad():
         proj.copy_(saved)
     ok = trainer.train_step()
-    return {"finite": [s["finite"] for s in steps], "raised": raised, "after": ok["finite"],
+    return {"grad_only": grad_only, "finite": [s["finite"] for s in steps], "raised": raised, "after": ok["finite"],
             "skipped": trainer.state.skipped_steps, "lr_steps": trainer.scheduler.num_steps}
 
 
 def test_nonfinite_steps_are_skipped_then_abort(data_cache, tmp_path):
     r = run_ranks(nonfinite_worker, 1, base_overrides(data_cache, tmp_path) + ["train.max_nonfinite_in_a_row=3"])[0]
-    assert r["finite"] == [False, False]  # third one raises
+    assert r["grad_only"] == {"loss_finite": True, "finite": False, "unchanged": True}
+    assert r["finite"] == [False]  # the step after the infinite gradient; the next one is the third in a row
     assert r["raised"] and "3 consecutive steps" in r["raised"]
     assert r["after"] and r["skipped"] == 0 and r["lr_steps"] == 1  # skipped steps did not advance the LR
 
