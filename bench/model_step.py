@@ -10,6 +10,10 @@ Progress goes to stderr.
 CPU smoke run:  python bench/model_step.py --config nvlm_d_tiny --steps 2 --warmup 1
 One H100:       python bench/model_step.py --config nvlm_d_2b --impl transformer_engine
 SFT-like step:  python bench/model_step.py --overrides model.freeze.vision=true
+As the trainer: python bench/model_step.py --packed --micro-batches 4 --profile
+
+``measure()`` is the reusable part: ``bench/train_step.py --model-step`` runs it on the trainer's
+own model config in the same process, so ``bench/gpu_perf.sh`` can report the trainer's overhead.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _perf_tools
 
 if TYPE_CHECKING:
     from nvlm_train.config.model import ModelConfig
@@ -59,12 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impl", choices=["torch", "transformer_engine", "auto"], default="torch",
                    help="layer implementation (model.impl)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="forward+backward passes per step, gradients accumulated (as the trainer's schedule)")
+    p.add_argument("--packed", action="store_true",
+                   help="pass seq_boundaries/num_samples (one sample per row): the trainer's packed-row path")
+    p.add_argument("--profile", action="store_true",
+                   help="one extra step under torch.profiler: time shares attention/gemm/elementwise/idle")
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available()
     args.seq_length = args.seq_length or (3200 if on_gpu else 256)
     args.tiles = args.tiles if args.tiles is not None else (7 if on_gpu else 2)
     args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
-    for key in ("micro_batch_size", "seq_length", "steps"):
+    for key in ("micro_batch_size", "seq_length", "steps", "micro_batches"):
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     if args.tiles < 0 or args.warmup < 0:
@@ -72,8 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def synthetic_batch(model: ModelConfig, rows: int, seq_length: int, tiles: int, seed: int) -> dict[str, torch.Tensor]:
-    """Rows of [text prefix][tiles x tokens_per_tile image-context tokens][text]; one sample per row."""
+def synthetic_batch(model: ModelConfig, rows: int, seq_length: int, tiles: int, seed: int,
+                    packed: bool = False) -> dict[str, torch.Tensor]:
+    """Rows of [text prefix][tiles x tokens_per_tile image-context tokens][text]; one sample per row.
+
+    ``packed`` adds ``seq_boundaries`` and ``num_samples`` (one sample filling each row), which send the
+    model down the packed-row (THD) attention path the trainer uses with ``data.packing``."""
     tpt, image_id, vocab = model.tokens_per_tile, model.language.image_token_id, model.language.vocab_size
     image_len = tiles * tpt
     if TEXT_PREFIX + image_len + 1 > seq_length:
@@ -94,8 +109,12 @@ def synthetic_batch(model: ModelConfig, rows: int, seq_length: int, tiles: int, 
     # uint8 tiles, as the data pipeline delivers them (the ViT normalises them on the device)
     pixel_values = torch.randint(0, 256, (rows * tiles, model.vision.num_channels, size, size), generator=gen,
                                  dtype=torch.uint8)
-    return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
-            "pixel_values": pixel_values}
+    batch = {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
+             "pixel_values": pixel_values}
+    if packed:
+        batch["seq_boundaries"] = torch.tensor([[0, seq_length]] * rows, dtype=torch.int64)
+        batch["num_samples"] = torch.ones(rows, dtype=torch.int64)
+    return batch
 
 
 def device_name(on_gpu: bool) -> str:
@@ -118,43 +137,54 @@ def peak_memory_gb(on_gpu: bool) -> tuple[float, str]:
     return rss_kb * 1024 / 1e9, "process peak RSS (ru_maxrss)"
 
 
-def run(args: argparse.Namespace) -> dict:
-    # nvlm_train (megatron-core) is imported here so that --help stays fast.
+def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_length: int, tiles: int,
+            steps: int, warmup: int, seed: int = 1, micro_batches: int = 1, packed: bool = False,
+            profile: bool = False, label: str | None = None) -> dict:
+    """Build ``model_cfg`` alone (no DDP, no optimizer) and time ``steps`` forward+backward steps of
+    ``micro_batches`` synthetic micro-batches each (after ``warmup``); the model is freed on return.
+
+    Needs an initialised parallel state (``distributed_session``). Returns the step times, real-token
+    throughput, model FLOPs (``nvlm_train.model.flops``), peak memory (reset first on a GPU) and, with
+    ``profile``, the time shares of one extra step (``_perf_tools.time_shares``)."""
     from nvlm_train.config.parallel import ParallelConfig
-    from nvlm_train.config.store import load_model_config
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.flops import flops_breakdown
     from nvlm_train.model.transformer_config import Precision
 
     on_gpu = torch.cuda.is_available()
-    model_cfg = load_model_config(args.config, [*args.overrides, f"model.impl={args.impl}"])
-    precision = (Precision(params_dtype=torch.bfloat16, bf16=True) if args.dtype == "bf16" else Precision())
-    batch = synthetic_batch(model_cfg, args.micro_batch_size, args.seq_length, args.tiles, args.seed)  # checks sizes
-    built = build_model(model_cfg, ParallelConfig(), precision=precision)
+    precision = Precision(params_dtype=torch.bfloat16, bf16=True) if bf16 else Precision()
+    batch = synthetic_batch(model_cfg, micro_batch_size, seq_length, tiles, seed, packed)  # checks sizes
+    built = build_model(model_cfg, ParallelConfig(), precision=precision, packed=packed)
     model = built.chunks[0]
     model.train()
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    batch = {k: v.to(device) for k, v in batch.items()}
-    tokens = args.micro_batch_size * args.seq_length
-    tiles_total = args.micro_batch_size * args.tiles
-    flops = flops_breakdown(model_cfg, tokens, tiles_total, args.seq_length, model_cfg.freeze)
+    host = ("seq_boundaries", "num_samples")  # the trainer keeps these on the host too (forward_step)
+    batch = {k: v if k in host else v.to(device) for k, v in batch.items()}
+    tokens = micro_batch_size * seq_length
+    tiles_total = micro_batch_size * tiles
+    flops = flops_breakdown(model_cfg, tokens, tiles_total, seq_length, model_cfg.freeze)
     n_mask = batch["loss_mask"].sum().clamp(min=1.0)
 
     def step() -> float:
         model.zero_grad(set_to_none=True)
-        per_token = model(batch["tokens"], batch["position_ids"], labels=batch["labels"],
-                          pixel_values=batch["pixel_values"] if tiles_total else None)
-        loss = (per_token.float() * batch["loss_mask"]).sum() / n_mask
-        if loss.requires_grad:  # everything frozen: forward only
-            loss.backward()
-        return float(loss.detach())
+        total = 0.0
+        for _ in range(micro_batches):  # gradients accumulate over the micro-batches, as in a schedule
+            per_token = model(batch["tokens"], batch["position_ids"], labels=batch["labels"],
+                              pixel_values=batch["pixel_values"] if tiles_total else None,
+                              seq_boundaries=batch.get("seq_boundaries"), num_samples=batch.get("num_samples"))
+            loss = (per_token.float() * batch["loss_mask"]).sum() / n_mask
+            if loss.requires_grad:  # everything frozen: forward only
+                loss.backward()
+            total += float(loss.detach())
+        return total / micro_batches
 
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is a dependency, but keep the bench usable without it
         tqdm = None
-    total = args.warmup + args.steps
-    bar = tqdm(total=total, desc=f"{args.config} steps", file=sys.stderr, dynamic_ncols=True) if tqdm else None
+    name = label or model_cfg.name
+    total = warmup + steps
+    bar = tqdm(total=total, desc=f"{name} model steps", file=sys.stderr, dynamic_ncols=True) if tqdm else None
     if on_gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -167,53 +197,78 @@ def run(args: argparse.Namespace) -> dict:
         if on_gpu:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        if i >= args.warmup:
+        if i >= warmup:
             times.append(dt)
         if bar is not None:
-            bar.set_postfix(phase="warmup" if i < args.warmup else "timed", step_s=f"{dt:.3f}", loss=f"{loss:.3f}")
+            bar.set_postfix(phase="warmup" if i < warmup else "timed", step_s=f"{dt:.3f}", loss=f"{loss:.3f}")
             bar.update()
         else:
             print(f"step {i + 1}/{total} {dt:.3f}s loss {loss:.3f}", file=sys.stderr)
     if bar is not None:
         bar.close()
+    mem, mem_kind = peak_memory_gb(on_gpu)
+    shares = {}
+    if profile:
+        from _perf_tools import time_shares
+
+        shares = time_shares(step, on_gpu)
 
     step_time = statistics.mean(times)
-    tflops = flops.total / step_time / 1e12
-    mem, mem_kind = peak_memory_gb(on_gpu)
+    step_flops = flops.total * micro_batches
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {
+    impl = built.impl
+    return {  # the model is freed with this frame (callers: gc.collect() + torch.cuda.empty_cache())
         "step_time_s": step_time,
         "step_time_min_s": min(times),
         "step_time_median_s": statistics.median(times),
-        "tokens_per_s": tokens / step_time,
-        "tiles_per_s": tiles_total / step_time,
-        "tflops_per_s": tflops,
-        "mfu": tflops / args.peak_tflops,
-        "peak_tflops": args.peak_tflops,
-        "peak_tflops_note": "assumed device peak (default: H100 SXM dense bf16, 989); set --peak-tflops"
-        if args.peak_tflops == DEFAULT_PEAK_TFLOPS else "given with --peak-tflops",
-        "model_flops_per_step": flops.total,
-        "model_flops_forward": flops.forward,
-        "flops_convention": "model FLOPs (nvlm_train.model.flops): matmuls only, causal attention counted half, "
-                            "no recompute, no padding; frozen parts get no weight-gradient FLOPs",
+        "step_ms": step_time * 1e3,
+        "tokens_per_s": tokens * micro_batches / step_time,
+        "tiles_per_s": tiles_total * micro_batches / step_time,
+        "tflops_per_s": step_flops / step_time / 1e12,
+        "model_flops_per_step": step_flops,
+        "model_flops_forward": flops.forward * micro_batches,
         "peak_memory_gb": mem,
         "peak_memory_kind": mem_kind,
-        "device": device_name(on_gpu),
-        "config": args.config,
-        "overrides": args.overrides,
-        "impl": built.impl,
-        "dtype": args.dtype,
-        "micro_batch_size": args.micro_batch_size,
-        "seq_length": args.seq_length,
-        "tiles_per_row": args.tiles,
+        "impl": impl,
+        "dtype": "bf16" if bf16 else "fp32",
+        "micro_batch_size": micro_batch_size,
+        "micro_batches": micro_batches,
+        "packed": packed,
+        "seq_length": seq_length,
+        "tiles_per_row": tiles,
         "tokens_per_tile": model_cfg.tokens_per_tile,
         "freeze": asdict(model_cfg.freeze),
         "parameters": n_params,
         "trainable_parameters": n_trainable,
-        "steps": args.steps,
-        "warmup": args.warmup,
+        "steps": steps,
+        "warmup": warmup,
         "last_loss": loss,
+        **shares,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    # nvlm_train (megatron-core) is imported here so that --help stays fast.
+    from nvlm_train.config.store import load_model_config
+
+    model_cfg = load_model_config(args.config, [*args.overrides, f"model.impl={args.impl}"])
+    result = measure(model_cfg, bf16=args.dtype == "bf16", micro_batch_size=args.micro_batch_size,
+                     seq_length=args.seq_length, tiles=args.tiles, steps=args.steps, warmup=args.warmup,
+                     seed=args.seed, micro_batches=args.micro_batches, packed=args.packed, profile=args.profile,
+                     label=args.config)
+    tflops = result["tflops_per_s"]
+    return {
+        **result,
+        "mfu": tflops / args.peak_tflops,
+        "peak_tflops": args.peak_tflops,
+        "peak_tflops_note": "assumed device peak (default: H100 SXM dense bf16, 989); set --peak-tflops"
+        if args.peak_tflops == DEFAULT_PEAK_TFLOPS else "given with --peak-tflops",
+        "flops_convention": "model FLOPs (nvlm_train.model.flops): matmuls only, causal attention counted half, "
+                            "no recompute, no padding; frozen parts get no weight-gradient FLOPs",
+        "device": device_name(torch.cuda.is_available()),
+        "config": args.config,
+        "overrides": args.overrides,
         "torch": torch.__version__,
     }
 
