@@ -108,6 +108,7 @@ def language_transformer_config(
         activation_func=F.silu,
         pipeline_model_parallel_size=parallel.pp,
         virtual_pipeline_model_parallel_size=vpp,
+        num_layers_in_first_pipeline_stage=parallel.first_stage_split(lm.num_layers),
         **_recompute(model.recompute.language, model.recompute.num_layers),
         **_common(parallel, precision, model.init_std, use_cpu_init),
     )

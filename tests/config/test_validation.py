@@ -28,6 +28,25 @@ def test_layers_must_divide_by_pipeline_stages():
         ParallelConfig(pp=1, vpp=2).validate(world_size=1)
 
 
+def test_uneven_pipeline_split():
+    # Explicit: 80 layers, 4 stages: 17 on the first, 21 on each of the other three.
+    assert ParallelConfig(pp=4, first_stage_layers=17).first_stage_split(80) == 17
+    with pytest.raises(ConfigError, match=r"first_stage_layers=18 cannot split .*=80 over 4 stages.*values: 2, 5, 8"):
+        ParallelConfig(pp=4, first_stage_layers=18).validate(4, 80)
+    with pytest.raises(ConfigError, match=r"valid values: 2\b"):  # 4 layers, PP2 x VPP2: 2 + 2 only
+        ParallelConfig(pp=2, vpp=2, first_stage_layers=1).validate(2, 4)
+    with pytest.raises(ConfigError, match=r"needs parallel.pp >= 2"):
+        ParallelConfig(first_stage_layers=2).validate(1, 4)
+    # From a measured cost: the ViT costs 4.5 layers -> 17 + 4.5 = 21.5 vs 63 / 3 = 21 (16: 20.5 vs 21.33).
+    assert ParallelConfig(pp=4, vision_cost_layers=4.5).first_stage_split(80) == 17
+    assert ParallelConfig(pp=4, vision_cost_layers=0.0).first_stage_split(80) == 20  # free ViT: even
+    assert ParallelConfig(pp=2, vision_cost_layers=100.0).first_stage_split(4) == 1  # at least one layer
+    assert ParallelConfig(pp=1, vision_cost_layers=3.0).first_stage_split(4) is None  # one stage: nothing to split
+    assert ParallelConfig(pp=2).first_stage_split(4) is None  # megatron's even split
+    with pytest.raises(ConfigError, match="not both"):
+        ParallelConfig(pp=2, first_stage_layers=1, vision_cost_layers=1.0).validate(2, 4)
+
+
 def test_model_config_errors():
     tiny = load_model_config("nvlm_d_tiny")
     bad = dataclasses.replace(tiny, language=dataclasses.replace(tiny.language, num_query_groups=3))

@@ -1,4 +1,4 @@
-"""Loss and full gradients are the same at TP1, TP2, PP2 and TP2 x PP2 (tiny model, gloo, fp32)."""
+"""Loss and full gradients equal at TP1, TP2, PP2 (even and uneven splits), TP2 x PP2 (tiny model, gloo, fp32)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _batches(model_cfg):
     ]
 
 
-def parity_worker(rank, world, tp, pp, vpp):
+def parity_worker(rank, world, tp, pp, vpp, first_stage_layers=None):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from nvlm_train.config.parallel import ParallelConfig
@@ -30,7 +30,7 @@ def parity_worker(rank, world, tp, pp, vpp):
     from nvlm_train.training.forward_step import forward_step
 
     model_cfg = load_model_config("nvlm_d_tiny")
-    parallel = ParallelConfig(tp=tp, pp=pp, vpp=vpp)
+    parallel = ParallelConfig(tp=tp, pp=pp, vpp=vpp, first_stage_layers=first_stage_layers)
     initialize_distributed(parallel, seed=1, num_language_layers=model_cfg.language.num_layers)
     built = build_model(model_cfg, parallel)
     batches = _batches(model_cfg)
@@ -44,16 +44,19 @@ def parity_worker(rank, world, tp, pp, vpp):
         micro_batch_size=2,
         forward_only=False,
     )
+    depth = sum(len(c.language_model.decoder.layers) for c in built.chunks)
     sums = torch.stack([d["lm loss"] for d in out]).sum(0) if out else None
     grads = gather_full(built, model_cfg, "grad")
     params = gather_full(built, model_cfg, "param")
     if rank != 0:
         grads = params = None
-    return {"loss_sum_tokens": sums, "grads": grads, "params": params}
+    return {"loss_sum_tokens": sums, "grads": grads, "params": params, "layers_here": depth}
 
 
-def _run(tp, pp, vpp=None):
-    results = run_ranks(parity_worker, tp * pp, tp, pp, vpp)
+def _run(tp, pp, vpp=None, first_stage_layers=None, layers_per_stage=None):
+    results = run_ranks(parity_worker, tp * pp, tp, pp, vpp, first_stage_layers)
+    if layers_per_stage is not None:  # ranks are TP-fastest: rank r is stage r // tp
+        assert [r["layers_here"] for r in results[::tp]] == layers_per_stage
     last = [r["loss_sum_tokens"] for r in results if r["loss_sum_tokens"] is not None]
     loss_sum, tokens = last[0]
     return loss_sum / tokens, tokens, results[0]["grads"], results[0]["params"]
@@ -96,3 +99,9 @@ def test_parity_with_tp1(reference, tp, pp):
 @pytest.mark.multirank
 def test_parity_interleaved_pipeline(reference):
     _assert_same(reference, _run(1, 2, vpp=2))
+
+
+@pytest.mark.multirank
+def test_parity_uneven_pipeline_split(reference):
+    """The first stage (ViT + projector) holds 1 of the 4 LLM layers, the last stage 3."""
+    _assert_same(reference, _run(1, 2, first_stage_layers=1, layers_per_stage=[1, 3]))

@@ -78,10 +78,12 @@ def test_sigterm_saves_and_exits_zero_on_every_rank(data_cache, tmp_path):
 
 
 def test_pp2_checkpoint_resumes_at_tp2(data_cache, tmp_path):
-    ref = run_train(2, base_overrides(data_cache, tmp_path / "ref", iters=6) + ["parallel.pp=2"])
+    """Saved at PP2 with an uneven split (1 + 3 of the 4 LLM layers), resumed at TP2."""
+    pp2 = ["parallel.pp=2", "parallel.first_stage_layers=1"]
+    ref = run_train(2, base_overrides(data_cache, tmp_path / "ref", iters=6) + pp2)
     assert ref.returncode == 0, ref.stderr[-3000:]
     first = run_train(2, base_overrides(data_cache, tmp_path / "run", iters=6)
-                      + ["parallel.pp=2", "train.exit_interval=4"])
+                      + pp2 + ["train.exit_interval=4"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert _latest(tmp_path / "run") == 4 and "exit interval reached" in first.stderr
     second = run_train(2, base_overrides(data_cache, tmp_path / "run", iters=6) + ["parallel.tp=2"])
