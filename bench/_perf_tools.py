@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import random
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -67,9 +69,13 @@ def write_bench_shards(root: str | Path, cfg, rows: int = 64, seed: int = 0,
     from nvlm_train.data.tokenizer import TextTokenizer, build_demo_tokenizer
     from nvlm_train.vision.tiling import num_tiles
 
-    out = bench_data_dir(root, cfg, rows, seed)
-    if (out / ".complete").is_file():
-        return out
+    final = bench_data_dir(root, cfg, rows, seed)
+    if (final / ".complete").is_file():
+        return final
+    # Written aside and renamed: concurrent runs (gpu_perf.sh --smoke runs cases in parallel) never
+    # read a half-written folder; the loser of the rename drops its copy.
+    out = final.with_name(f"{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(out, ignore_errors=True)
     seq, size = cfg.train.seq_length, cfg.model.vision.image_size
     tok = TextTokenizer(cfg.data.tokenizer_dir or build_demo_tokenizer())
     fmt = cfg.data.prompt_format
@@ -80,7 +86,7 @@ def write_bench_shards(root: str | Path, cfg, rows: int = 64, seed: int = 0,
     tiles = num_tiles(width, height, max_num=cfg.data.max_tiles, image_size=size)
     words = _words()
     rng = random.Random(f"gpu-perf-{seed}")
-    log(f"writing {rows} benchmark samples ({width}x{height} images, {tiles} tiles, {seq} tokens) to {out}")
+    log(f"writing {rows} benchmark samples ({width}x{height} images, {tiles} tiles, {seq} tokens) to {final}")
 
     def length(question: str, answer: str) -> int:
         segments = build_segments([("user", question), ("assistant", answer)], (tiles,), opts.tokens_per_tile,
@@ -120,9 +126,15 @@ def write_bench_shards(root: str | Path, cfg, rows: int = 64, seed: int = 0,
         "  - name: gpu-perf-rows\n"
         '    paths: ["${DATA_ROOT}/train/bench-*.tar"]\n'
         "    weight: 1.0\n"
-        "    kind: auto\n")
+        "    kind: auto\n")  # ${DATA_ROOT} = data.data_root: the folder may be renamed
     (out / ".complete").write_text(json.dumps({"rows": rows, "tiles": tiles, "seq_length": seq}) + "\n")
-    return out
+    try:
+        out.rename(final)
+    except OSError:  # another run finished first
+        shutil.rmtree(out, ignore_errors=True)
+        if not (final / ".complete").is_file():
+            raise
+    return final
 
 
 # ------------------------------------------------------------------------------------------------
