@@ -40,7 +40,13 @@ from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
 from nvlm_train.training.metrics_resume import drop_metrics_after
-from nvlm_train.training.optim import build_optimizer, configure_schedule_hooks, step_if_finite, wrap_ddp
+from nvlm_train.training.optim import (
+    build_optimizer,
+    configure_schedule_hooks,
+    params_in_sync,
+    step_if_finite,
+    wrap_ddp,
+)
 from nvlm_train.training.signals import install_process_flag
 from nvlm_train.training.stop_marker import write_stop_marker
 from nvlm_train.training.wandb_guard import guard_wandb
@@ -172,6 +178,10 @@ class Trainer:
             self._say(f"initialised model weights from {folder}")
 
     def save(self) -> Path:
+        with params_in_sync(self.chunks):
+            return self._save()
+
+    def _save(self) -> Path:
         folder = save_checkpoint(self.ckpt_root, self.chunks, self.optimizer, self.scheduler,
                                       self.loader.state_dict(), self.state, self.config_yaml,
                                       self.cfg.checkpoint.keep_last)
@@ -287,8 +297,9 @@ class Trainer:
                     record = self._record(step, dt)
                 if cfg.eval_interval and it % cfg.eval_interval == 0:
                     record = record or self._record(step, dt)
-                    record["val_loss"] = self.evaluate()
-                    record.update(self.benchmarks.scores(self))
+                    with params_in_sync(self.chunks):
+                        record["val_loss"] = self.evaluate()
+                        record.update(self.benchmarks.scores(self))
                 if record is not None:
                     self.metrics.log(record)
                     self.metrics.console(record)

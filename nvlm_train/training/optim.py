@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
@@ -10,22 +12,33 @@ from megatron.core.optimizer import ChainedOptimizer, OptimizerConfig, get_megat
 from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.train import TrainConfig
+
+
+def ddp_config(cfg: TrainConfig, on_gpu: bool) -> DistributedDataParallelConfig:
+    """What megatron's DDP is asked to do: overlap (``parallel.overlap_*``), buckets, fp32 reduction."""
+    p = cfg.parallel
+    if p.overlap_param_gather and not cfg.optimizer.use_distributed_optimizer:
+        raise ConfigError("parallel.overlap_param_gather=true needs optimizer.use_distributed_optimizer=true (only "
+                          "the distributed optimizer gathers parameters after its step)")
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=on_gpu if p.overlap_grad_reduce is None else p.overlap_grad_reduce,
+        overlap_param_gather=p.overlap_param_gather,
+        use_distributed_optimizer=cfg.optimizer.use_distributed_optimizer,
+        bucket_size=None if on_gpu else 10**9,
+    )
 
 
 def wrap_ddp(chunks, cfg: TrainConfig, on_gpu: bool) -> list[DistributedDataParallel]:
     """Gradient buffers for the trainable parameters only (frozen towers get none)."""
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=on_gpu,
-        use_distributed_optimizer=cfg.optimizer.use_distributed_optimizer,
-        bucket_size=None if on_gpu else 10**9,
-    )
+    config = ddp_config(cfg, on_gpu)
     wrapped = []
     for i, chunk in enumerate(chunks):
         wrapped.append(
             DistributedDataParallel(
-                config=chunk.config, ddp_config=ddp_config, module=chunk,
+                config=chunk.config, ddp_config=config, module=chunk,
                 # Only the first chunk buckets; later chunks' grads are ready first in the backward.
                 disable_bucketing=i > 0,
             )
@@ -47,6 +60,7 @@ def build_optimizer(ddp_chunks, cfg: TrainConfig, bf16: bool):
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=o.use_distributed_optimizer,
+        overlap_param_gather=cfg.parallel.overlap_param_gather,
     )
     optimizer = get_megatron_optimizer(opt_cfg, ddp_chunks)
     decay_iters = max(1, cfg.train.iters - o.warmup_iters) + o.warmup_iters
@@ -66,6 +80,24 @@ def build_optimizer(ddp_chunks, cfg: TrainConfig, bf16: bool):
         override_opt_param_scheduler=False,
     )
     return optimizer, scheduler
+
+
+@contextlib.contextmanager
+def params_in_sync(ddp_chunks) -> Iterator[None]:
+    """Model parameters that hold the last optimizer step, for a save, an evaluation or a benchmark.
+
+    With ``overlap_param_gather`` the distributed optimizer's updated shards are all-gathered lazily
+    by forward pre-hooks of the next step; megatron's ``disable_forward_pre_hook`` finishes that
+    gather now, and the hooks come back for the next training step.
+    """
+    hooked = [c for c in ddp_chunks if getattr(c, "use_forward_hook", False)]
+    for chunk in hooked:
+        chunk.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        for chunk in hooked:
+            chunk.enable_forward_pre_hook()
 
 
 def configure_schedule_hooks(ddp_chunks, optimizer) -> None:
