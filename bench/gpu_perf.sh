@@ -88,7 +88,7 @@ if [ "$SMOKE" = 1 ]; then
   : "${CASE_2B_OVERRIDES:=$SIZES model.freeze.vision=true data.max_tiles=6}"
   : "${CASE_PROXY_OVERRIDES:=$SIZES model.freeze.vision=true data.max_tiles=6}"
   PROXY_MEMORY=(--memory-gb 0.03)  # a pretend device: the estimate keeps 3 of nvlm_d_tiny's 4 layers
-  export OMP_NUM_THREADS=1
+  export OMP_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=""  # on CPU even where a GPU is present
 else
   CONFIG_2B=nvlm_d_2b CONFIG_PROXY=nvlm_d_72b
   STEPS=${STEPS:-3} WARMUP=${WARMUP:-2} JOBS=${JOBS:-1} ROWS=64
@@ -174,6 +174,23 @@ while [ $i -lt ${#names[@]} ]; do
     run_case "$name" "$limit" &
   done
   wait
+  if [ "$JOBS" = 1 ] && [ "$PROXY_LAYERS" = auto ] && [[ $name == proxy_* ]]; then
+    # One case at a time: an estimate that ran out of memory is retried once with a layer fewer, and the
+    # count that ran is pinned for the later proxy cases (the recompute variants compare like with like).
+    n=$(sed -n 's/.*proxy: \([0-9]*\) language layers fit.*/\1/p' "$OUT/$name.log" | tail -n 1)
+    left=$((BUDGET_S - SECONDS))
+    if grep -q '"error"' "$OUT/$name.json" && grep -qiE "out of memory|OutOfMemoryError" "$OUT/$name.log" \
+       && [ -n "$n" ] && [ "$n" -gt 1 ] && [ "$left" -ge 30 ]; then
+      PROXY_LAYERS=$((n - 1))
+      say "case $name ran out of memory with $n layers: once more with --proxy-layers $PROXY_LAYERS"
+      mv "$OUT/$name.log" "$OUT/$name.oom.log"
+      run_case "$name" $(( left < CASE_TIMEOUT_S ? left : CASE_TIMEOUT_S ))
+    fi
+    if ! grep -q '"error"' "$OUT/$name.json"; then
+      PROXY_LAYERS=$("$PY" -c "import json,sys; print(json.load(sys.stdin)['language_layers'])" < "$OUT/$name.json")
+      say "proxy cases from here on: --proxy-layers $PROXY_LAYERS"
+    fi
+  fi
   for name in "${batch[@]}"; do finish "$name"; done
   i=$((i + JOBS))
 done

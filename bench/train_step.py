@@ -84,7 +84,10 @@ def main(argv=None) -> int:
     from nvlm_train.config.store import compose_config, to_dataclass
     from nvlm_train.runtime.launch_env import read_launch_env
     from nvlm_train.runtime.session import distributed_session
-    from nvlm_train.training.loop import Trainer
+    from nvlm_train.training.loop import (
+        Trainer,
+        _precision,  # the trainer's dtype rule (train.precision)
+    )
     from nvlm_train.training.metrics import peak_tflops_per_gpu, throughput
 
     on_gpu = torch.cuda.is_available()
@@ -125,10 +128,10 @@ def main(argv=None) -> int:
                 bench_tiles = _bench_tiles(train_cfg)
                 estimate = estimate_proxy_layers(train_cfg.model, train_cfg.train.seq_length,
                                                  train_cfg.train.micro_batch_size, bench_tiles, memory,
-                                                 bf16=not on_cpu, reserve_gb=6.0 if on_gpu else 0.0,
+                                                 bf16=_precision(train_cfg).bf16, reserve_gb=6.0 if on_gpu else 0.0,
                                                  max_layers=train_cfg.model.language.num_layers)
-                say(f"proxy: {estimate['proxy_layers']} language layers fit {memory:.0f} GB "
-                    f"(fixed {estimate['fixed_gb']:.1f} GB + {estimate['per_layer_gb']:.2f} GB per layer)")
+                say(f"proxy: {estimate['proxy_layers']} language layers fit {memory:.4g} GB "
+                    f"(fixed {estimate['fixed_gb']:.4g} GB + {estimate['per_layer_gb']:.4g} GB per layer)")
                 overrides = [*overrides, f"model.language.num_layers={estimate['proxy_layers']}"]
                 cfg = compose_config("train", overrides)
                 train_cfg = to_dataclass(cfg)
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
                 from model_step import measure
 
                 say("model forward+backward alone ...")
-                model_result = measure(train_cfg.model, bf16=not on_cpu,
+                model_result = measure(train_cfg.model, bf16=_precision(train_cfg).bf16,
                                        micro_batch_size=train_cfg.train.micro_batch_size,
                                        seq_length=train_cfg.train.seq_length, tiles=_bench_tiles(train_cfg),
                                        steps=args.steps, warmup=args.warmup, seed=train_cfg.train.seed,
