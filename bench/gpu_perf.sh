@@ -28,7 +28,7 @@ text filling the row), written once under $OUT/data by the project's shard write
 
 Options:
   --smoke             every case at tiny sizes on CPU (nvlm_d_tiny, seq 256, fp32, 1 step, no warmup,
-                      all cases at once): checks that every field is produced, not performance
+                      all cases in one process): checks that every field is produced, not performance
   --proxy-layers N    language layers of the 72B proxy (default: auto, from the memory estimate)
   --cases LIST        comma-separated case names
   --steps N / --warmup N   timed / untimed trainer steps per case (default 3 / 2; smoke 1 / 0)
@@ -45,7 +45,8 @@ Environment:
                       listed in the case's skipped_overrides), e.g. "parallel.overlap_grad_reduce=true
                       parallel.overlap_param_gather=true parallel.first_stage_layers=..."
   CASE_TIMEOUT_S=200  per-case time limit;  BUDGET_S=470  limit for the whole run (each case gets the rest)
-  JOBS                cases run at once (default 1; 4 with --smoke); with 1 the logs stream to stderr
+  JOBS                cases run at once, one process each (default 1: logs stream to stderr); 0 = all
+                      cases one after the other in one process (the --smoke default)
 EOF
 }
 
@@ -83,7 +84,7 @@ export PYTHONUNBUFFERED=1
 
 if [ "$SMOKE" = 1 ]; then
   CONFIG_2B=nvlm_d_tiny CONFIG_PROXY=nvlm_d_tiny
-  STEPS=${STEPS:-1} WARMUP=${WARMUP:-0} JOBS=${JOBS:-4} ROWS=16
+  STEPS=${STEPS:-1} WARMUP=${WARMUP:-0} JOBS=${JOBS:-0} ROWS=16
   SIZES="train.seq_length=256 train.micro_batch_size=2 train.global_batch_size=4 train.precision=fp32"
   : "${CASE_2B_OVERRIDES:=$SIZES model.freeze.vision=true data.max_tiles=6}"
   : "${CASE_PROXY_OVERRIDES:=$SIZES model.freeze.vision=true data.max_tiles=6}"
@@ -155,11 +156,40 @@ say "cases: ${names[*]} (smoke=$SMOKE, steps $STEPS + $WARMUP warmup, out $OUT)"
 failed=()
 finish() {  # print a finished case's log and line, in case order
   local name=$1
-  [ "$JOBS" = 1 ] || sed "s/^/[$name] /" "$OUT/$name.log" >&2 2>/dev/null  # JOBS=1: streamed already
+  [ "$JOBS" -gt 1 ] && sed "s/^/[$name] /" "$OUT/$name.log" >&2 2>/dev/null  # JOBS=1: streamed already
   cat "$OUT/$name.json" | tee -a "$OUT/gpu_perf.jsonl"
   grep -q '"error"' "$OUT/$name.json" && failed+=("$name")
 }
+if [ "$JOBS" = 0 ]; then  # every case in one process (bench/train_step.py --batch): the imports once
+  : > "$OUT/cases.args"
+  known=()
+  for name in "${names[@]}"; do
+    rm -f "$OUT/$name.json"
+    if args=$(case_args "$name"); then
+      echo "--case $name --steps $STEPS --warmup $WARMUP --data-dir $OUT/data --bench-rows $ROWS --profile" \
+        "--model-step $args $EXTRA_OVERRIDES ${CLI_EXTRA[*]}" >> "$OUT/cases.args"
+      known+=("$name")
+    else
+      echo "{\"case\": \"$name\", \"error\": \"unknown case\", \"rc\": 2}" > "$OUT/$name.json"
+    fi
+  done
+  if [ ${#known[@]} -gt 0 ]; then
+    limit=$(( BUDGET_S < CASE_TIMEOUT_S * ${#known[@]} ? BUDGET_S : CASE_TIMEOUT_S * ${#known[@]} ))
+    say "cases ${known[*]} in one process (limit ${limit}s)"
+    timeout --kill-after=20 "$limit" "$PY" bench/train_step.py --batch "$OUT/cases.args" 2>&1 > "$OUT/batch.out" \
+      | tee "$OUT/batch.log" | sed -u "s/^/[batch] /" >&2
+    rc=${PIPESTATUS[0]}
+    for name in "${known[@]}"; do
+      line=$(grep -F "\"case\": \"$name\"" "$OUT/batch.out" | tail -n 1)
+      [ -n "$line" ] || line="{\"case\": \"$name\", \"error\": \"no result, exit status $rc (log: $OUT/batch.log)\", \"rc\": $rc}"
+      echo "$line" > "$OUT/$name.json"
+    done
+  fi
+  for name in "${names[@]}"; do finish "$name"; done
+  names_done=1
+fi
 i=0
+[ "${names_done:-0}" = 1 ] && i=${#names[@]}
 while [ $i -lt ${#names[@]} ]; do
   batch=("${names[@]:$i:$JOBS}")
   left=$((BUDGET_S - SECONDS))

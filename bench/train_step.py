@@ -14,6 +14,7 @@ benchmark shards (``bench/_perf_tools.write_bench_shards``: one 7-tile image + t
 ``--model-step`` first times the same model's forward+backward alone (``bench/model_step.measure``,
 same micro-batch size, micro-batches, sequence and tiles) and reports ``trainer_overhead_ms``.
 ``--proxy-layers auto`` keeps as many language layers as fit the device (``_perf_tools.estimate_proxy_layers``).
+``--batch FILE`` runs one case per line in this process (the imports dominate a tiny CPU case).
 MFU is null without a known device peak (CPU): pass ``--peak-tflops`` or set NVLM_PEAK_TFLOPS.
 
 CPU:          python bench/train_step.py --config nvlm_d_tiny --steps 5
@@ -60,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--if-exists", action="append", default=[], metavar="KEY=VALUE",
                    help="a Hydra override applied only if KEY exists in the composed config (repeatable); "
                         "the skipped ones are listed in the JSON")
+    p.add_argument("--batch", metavar="FILE", default=None,
+                   help="run several cases in this one process: each line of FILE holds one case's arguments "
+                        "(shell words); imports are paid once (gpu_perf.sh --smoke). A failed case prints "
+                        '{"case", "error", "rc"} and makes the exit status 1')
     p.add_argument("overrides", nargs="*", help="Hydra overrides for the training config")
     args = p.parse_args(argv)
     if args.proxy_layers not in (None, "auto") and not (args.proxy_layers.isdigit() and int(args.proxy_layers) > 0):
@@ -75,8 +80,33 @@ def _key_exists(cfg, key: str) -> bool:
     return parent is not None and OmegaConf.is_dict(parent) and leaf in parent
 
 
+def run_batch(path: str) -> int:
+    """Each line of ``path`` through ``main``, one after the other (each in its own distributed session)."""
+    import shlex
+    import traceback
+
+    rc = 0
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        argv = shlex.split(line)
+        case = parse_args(argv).case
+        try:
+            status = main(argv)
+            if status:
+                raise RuntimeError(f"exit status {status}")
+        except (Exception, SystemExit) as exc:  # report the case and go on with the next one
+            traceback.print_exc()
+            print(json.dumps({"case": case, "error": f"{type(exc).__name__}: {exc}", "rc": 1}), flush=True)
+            rc = 1
+        gc.collect()
+    return rc
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.batch:
+        return run_batch(args.batch)
     import torch
     import torch.distributed as dist
     from omegaconf import OmegaConf
