@@ -164,9 +164,19 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
     tiles_total = micro_batch_size * tiles
     flops = flops_breakdown(model_cfg, tokens, tiles_total, seq_length, model_cfg.freeze)
     n_mask = batch["loss_mask"].sum().clamp(min=1.0)
+    # With model.fusion.grad_accumulation the weight-gradient GEMMs write into ``param.main_grad``, which
+    # megatron's DDP wrapper normally provides: give the trainable weights fp32 buffers like its grad buffer.
+    main_grads = []
+    if getattr(getattr(built, "fusions", None), "grad_accumulation", False):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.main_grad = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                main_grads.append(p.main_grad)
 
     def step() -> float:
         model.zero_grad(set_to_none=True)
+        for g in main_grads:
+            g.zero_()
         total = 0.0
         for _ in range(micro_batches):  # gradients accumulate over the micro-batches, as in a schedule
             per_token = model(batch["tokens"], batch["position_ids"], labels=batch["labels"],
@@ -231,6 +241,7 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
         "peak_memory_gb": mem,
         "peak_memory_kind": mem_kind,
         "impl": impl,
+        "fused_grad_accumulation": bool(main_grads),
         "dtype": "bf16" if bf16 else "fp32",
         "micro_batch_size": micro_batch_size,
         "micro_batches": micro_batches,

@@ -181,6 +181,9 @@ def main(argv=None) -> int:
             if args.model_step:
                 from model_step import measure
 
+                if train_cfg.parallel.tp * train_cfg.parallel.pp > 1:
+                    raise SystemExit("--model-step builds the model at TP1/PP1: drop it for parallel.tp/pp > 1")
+
                 say("model forward+backward alone ...")
                 model_result = measure(train_cfg.model, bf16=_precision(train_cfg).bf16,
                                        micro_batch_size=train_cfg.train.micro_batch_size,
