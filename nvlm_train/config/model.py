@@ -133,6 +133,21 @@ class RecomputeConfig:
 
 
 @dataclass
+class FusionConfig:
+    """megatron-core's fused kernels, one switch each (how the model runs, not its weights).
+
+    null: on where this run's path has the kernel (``nvlm_train.model.fusions`` says where);
+    true: required, with an error naming what is missing; false: the unfused path.
+    """
+
+    bias_activation: bool | None = None  # the LLM's SwiGLU as one jit-fused op (the ViT's GELU stays exact)
+    bias_dropout_add: bool | None = None  # each residual's bias + dropout + add
+    rope: bool | None = None  # Transformer Engine's fused RoPE, on packed (THD) rows
+    grad_accumulation: bool | None = None  # weight gradients accumulated straight into main_grad (TE or apex)
+    cross_entropy: bool | None = None  # megatron's fused vocab-parallel cross entropy (bf16 runs)
+
+
+@dataclass
 class ModelConfig:
     """A whole NVLM-D model."""
 
@@ -142,6 +157,7 @@ class ModelConfig:
     language: LanguageConfig = field(default_factory=LanguageConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     recompute: RecomputeConfig = field(default_factory=RecomputeConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     # "auto" picks transformer_engine when it is importable and a GPU is present, else torch.
     impl: Impl = Impl.auto
     init_std: float = 0.02

@@ -13,6 +13,7 @@ from megatron.core import parallel_state
 from nvlm_train.config.errors import ConfigError
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.model.fusions import UNFUSED, Fusions, resolve_fusions
 from nvlm_train.model.init import initialize_parameters
 from nvlm_train.model.nvlm_d import NVLMDModel
 from nvlm_train.model.specs import ImplChoice, resolve_impl
@@ -31,6 +32,7 @@ class BuiltModel:
     impl: str
     padded_vocab: int
     padded_vision_heads: int
+    fusions: Fusions
     note: str | None = None  # why model.impl=auto chose these layers, when it was not the obvious choice
 
 
@@ -98,8 +100,10 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
     vocab = padded_vocab_size(model.language.vocab_size, parallel.tp, model.language.vocab_pad_multiple)
     heads = padded_vision_heads(model, parallel.tp)
     use_cpu_init = meta or not torch.cuda.is_available()
-    vision_cfg = vision_transformer_config(model, parallel, precision, use_cpu_init)
-    lang_cfg = language_transformer_config(model, parallel, precision, use_cpu_init)
+    fusions = UNFUSED if meta else resolve_fusions(model.fusion, impl, thd_rows=choice.llm_thd and packed,
+                                                     bf16=precision.bf16)
+    vision_cfg = vision_transformer_config(model, parallel, precision, use_cpu_init, fusions)
+    lang_cfg = language_transformer_config(model, parallel, precision, use_cpu_init, fusions)
     chunks = []
     for vp_stage in range(vpp or 1):
         stage = vp_stage if vpp else None
@@ -116,4 +120,4 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, precision: Precisi
             cast_floating_params(chunk, precision.params_dtype)
         apply_freezing(chunk, model)
         chunks.append(chunk)
-    return BuiltModel(chunks, impl, vocab, heads, choice.note)
+    return BuiltModel(chunks, impl, vocab, heads, fusions, choice.note)

@@ -78,8 +78,9 @@ def run_language_model(
 ) -> torch.Tensor:
     """``GPTModel.forward`` without labels, composed from its parts so the RoPE frequencies are explicit.
 
-    Last stage: vocab-parallel logits [b, s, V/tp] (s = 1 with ``last_token_only``); other stages:
-    hidden states [s, b, h]. The decoder call and the output layer are exactly ``GPTModel``'s.
+    Last stage: vocab-parallel logits [s, b, V/tp] (s = 1 with ``last_token_only``), megatron's
+    layout; other stages: hidden states [s, b, h]. The decoder call and the output layer are
+    exactly ``GPTModel``'s.
     """
     hidden = lm.decoder(hidden_states=decoder_input, attention_mask=attention_mask,
                         inference_context=inference_context, rotary_pos_emb=rotary_pos_emb,
@@ -89,4 +90,4 @@ def run_language_model(
     if last_token_only:
         hidden = hidden[-1:]  # [1, b, h]
     logits, _ = lm.output_layer(hidden)  # [s, b, V/tp]
-    return logits.transpose(0, 1).contiguous()  # [b, s, V/tp]
+    return logits

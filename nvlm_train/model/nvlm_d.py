@@ -11,6 +11,9 @@ megatron's schedules allocate), converted at each stage's edges.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from megatron.core.enums import ModelType
 from megatron.core.transformer.module import MegatronModule
@@ -82,6 +85,24 @@ def to_pack(x: torch.Tensor) -> torch.Tensor:
 def from_pack(x: torch.Tensor, b: int, s: int) -> torch.Tensor:
     """[b * s, 1, h] -> [s, b, h]."""
     return x if b == 1 else x.reshape(b, s, -1).transpose(0, 1).contiguous()
+
+
+@contextlib.contextmanager
+def _unfused_rope_for_per_token_positions(config: TransformerConfig, per_token: bool) -> Iterator[None]:
+    """Per-token frequencies ([s, b, 1, d]: generation, one-sample rows) cannot go through TE's fused
+    BSHD RoPE, which takes one row of frequencies for the batch; such forwards (without gradients:
+    a recomputed backward would read the flag again) run megatron's unfused RoPE."""
+    if not (per_token and config.apply_rope_fusion):
+        yield
+        return
+    if torch.is_grad_enabled():
+        raise RuntimeError("model.fusion.rope is on, but this training forward has per-token positions (rows that "
+                           "are not packed as THD); set model.fusion.rope=false")
+    config.apply_rope_fusion = False
+    try:
+        yield
+    finally:
+        config.apply_rope_fusion = True
 
 
 class NVLMDModel(MegatronModule):
@@ -199,15 +220,19 @@ class NVLMDModel(MegatronModule):
                                                   self.config, packed), packed_seq=True)
         else:
             rotary = rope.at_positions(position_ids if rotary_position_ids is None else rotary_position_ids)
-        out = run_language_model(
-            self.language_model, decoder_input, rotary, attention_mask=attention_mask, packed_seq_params=packed,
-            inference_context=inference_context, last_token_only=last_token_only,
-        )  # last stage: logits [b, s, V/tp] ([1, b * s, V/tp] packed); otherwise [s, b, h] ([b * s, 1, h])
-        if packed is not None:
-            out = out.reshape(b, s, -1) if self.post_process else from_pack(out, b, s)
-        if self.post_process and labels is not None:
-            return token_cross_entropy(out, labels, self.model_cfg.language.vocab_size)
-        return out
+        with _unfused_rope_for_per_token_positions(self.config, per_token=packed is None):
+            out = run_language_model(
+                self.language_model, decoder_input, rotary, attention_mask=attention_mask, packed_seq_params=packed,
+                inference_context=inference_context, last_token_only=last_token_only,
+            )  # last stage: logits [s, b, V/tp] ([b * s, 1, V/tp] packed); otherwise [s, b, h] ([b * s, 1, h])
+        if not self.post_process:
+            return from_pack(out, b, s) if packed is not None else out  # [s, b, h]
+        if labels is not None:  # the loss in the logits' own layout: no transposed copy of them
+            target = labels.reshape(b * s, 1) if packed is not None else labels.t().contiguous()  # [s', b']
+            loss = token_cross_entropy(out, target, self.model_cfg.language.vocab_size,
+                                       fused=self.config.cross_entropy_loss_fusion)
+            return loss.reshape(b, s) if packed is not None else loss.t()  # [b, s]
+        return out.reshape(b, s, -1) if packed is not None else out.transpose(0, 1).contiguous()  # [b, s, V/tp]
 
     def _project(self, vit_out: torch.Tensor) -> torch.Tensor:
         n, p, c = vit_out.shape

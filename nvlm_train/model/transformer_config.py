@@ -11,6 +11,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from nvlm_train.config.model import ModelConfig
 from nvlm_train.config.parallel import ParallelConfig
+from nvlm_train.model.fusions import UNFUSED, Fusions
 
 
 def padded_vision_heads(model: ModelConfig, tp: int) -> int:
@@ -52,17 +53,16 @@ def _common(parallel: ParallelConfig, precision: Precision, init_std: float, use
         use_cpu_initialization=use_cpu_init,
         # Loss is summed per token and normalised by the global assistant-token count.
         calculate_per_token_loss=True,
-        bias_activation_fusion=False,
+        # Attention is SDPA or TE's own kernels and the norms are torch's or TE's: megatron's fused
+        # softmax and persistent layer norm are not on either path. The other fusions: ``fusions``.
         masked_softmax_fusion=False,
         persist_layer_norm=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
     )
 
 
 def vision_transformer_config(
-    model: ModelConfig, parallel: ParallelConfig, precision: Precision = Precision(), use_cpu_init: bool = True
+    model: ModelConfig, parallel: ParallelConfig, precision: Precision = Precision(), use_cpu_init: bool = True,
+    fusions: Fusions = UNFUSED,
 ) -> TransformerConfig:
     """InternViT block: never pipeline-split (the ViT lives on the first stage)."""
     v = model.vision
@@ -84,11 +84,13 @@ def vision_transformer_config(
         pipeline_model_parallel_size=1,
         **_recompute(model.recompute.vision, model.recompute.num_layers),
         **_common(parallel, precision, model.init_std, use_cpu_init),
+        **fusions.transformer_config_kwargs("vision"),
     )
 
 
 def language_transformer_config(
-    model: ModelConfig, parallel: ParallelConfig, precision: Precision = Precision(), use_cpu_init: bool = True
+    model: ModelConfig, parallel: ParallelConfig, precision: Precision = Precision(), use_cpu_init: bool = True,
+    fusions: Fusions = UNFUSED,
 ) -> TransformerConfig:
     """Qwen2 decoder."""
     lm = model.language
@@ -111,4 +113,5 @@ def language_transformer_config(
         num_layers_in_first_pipeline_stage=parallel.first_stage_split(lm.num_layers),
         **_recompute(model.recompute.language, model.recompute.num_layers),
         **_common(parallel, precision, model.init_std, use_cpu_init),
+        **fusions.transformer_config_kwargs("language"),
     )
