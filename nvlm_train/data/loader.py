@@ -80,6 +80,7 @@ class DataConfig:
     samples_per_chunk: int = 4  # unit of work handed to a worker
     prefetch_factor: int = 2
     worker_timeout_s: float = 600.0  # a worker silent this long is an error, not a hang
+    pin_memory: bool = False  # batches in page-locked memory (CUDA): their host-to-device copies are asynchronous
 
     def __post_init__(self) -> None:
         for name in ("seq_length", "micro_batch_size", "max_tiles", "image_size", "tokens_per_tile",
@@ -411,6 +412,8 @@ class MultimodalLoader:
                         self.tokenizer.pad_id, cfg.image_size, cfg.tile_route)
         self._cursor = self._pending[0] if self._pending is not None else self._next_j
         self._batches += 1
+        if cfg.pin_memory:  # collated here in the main process, so pinned here (not by the DataLoader)
+            batch = {k: v.pin_memory() for k, v in batch.items()}
         return batch
 
     def close(self) -> None:

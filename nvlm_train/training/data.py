@@ -70,6 +70,7 @@ def data_config(cfg: TrainConfig, recipe: str, data_root: str | None, single_pas
         skip_window=d.skip_window,
         prompt_format=d.prompt_format,
         system=resolve_system(get_prompt_format(d.prompt_format), d.system_prompt),
+        pin_memory=torch.cuda.is_available(),
     )
 
 
