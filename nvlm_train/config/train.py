@@ -95,6 +95,9 @@ class DataSection:
     max_skip_fraction: float = 0.1  # stop when more of the last skip_window samples were skipped; 1.0: never
     skip_window: int = 1000
     num_workers: int = 0
+    # One rank per data-parallel replica (first pipeline stage, TP rank 0) reads and decodes the data and
+    # sends every other rank of the replica what its stage needs; false: every rank reads (debugging).
+    broadcast_batches: bool = True
     # Where tiles are cut: "worker" (PIL in the data workers), "device" (workers only decode; the
     # training GPU resizes with Pillow's exact arithmetic), "auto" (device on CUDA, else worker).
     tile_on: TileOn = TileOn.auto

@@ -1,7 +1,8 @@
 """The forward step megatron-core's pipeline schedules call for each micro-batch.
 
-Every pipeline stage reads the whole micro-batch (positions, masks and labels are needed on
-all stages; pixels only on the first). The loss function returns the masked SUM and the
+Every pipeline stage reads positions and packing keys; labels and the loss mask matter on the
+last stage, pixels on the first (``training.batches`` sends each stage only those). The loss
+function returns the masked SUM and the
 assistant-token count, so with ``calculate_per_token_loss`` the global loss is the mean over
 all assistant tokens of the global batch, whatever the micro-batching or DP layout.
 """
@@ -66,9 +67,9 @@ def forward_step(data_iterator: Iterator[dict], model):
     output = model(
         batch["tokens"],
         batch["position_ids"],
-        labels=batch["labels"],
+        labels=batch.get("labels"),  # None before the last stage
         pixel_values=batch.get("pixel_values"),
         seq_boundaries=batch.get("seq_boundaries"),
         num_samples=batch.get("num_samples"),
     )
-    return output, partial(masked_loss, batch["loss_mask"])
+    return output, partial(masked_loss, batch.get("loss_mask"))  # megatron calls it on the last stage only

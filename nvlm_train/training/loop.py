@@ -1,9 +1,11 @@
 """The training loop: megatron-core schedules, DDP, optimizer, checkpoints, metrics, preemption.
 
-Data flow per iteration: every rank reads the micro-batches of its data-parallel rank (all TP
-and PP ranks of one DP replica read identical batches), megatron's 1F1B schedule (interleaved
-with ``parallel.vpp``) runs forward/backward, ``finalize_model_grads`` reduces gradients over DP
-and divides them by the global assistant-token count, the optimizer clips and steps.
+Data flow per iteration: the first stage's TP rank 0 of each DP replica reads the micro-batches
+and sends each rank of its replica what its stage needs (``training.batches``; every rank reads
+with ``data.broadcast_batches=false``), one micro-batch when the schedule asks for it; megatron's
+1F1B schedule (interleaved with ``parallel.vpp``) runs forward/backward, ``finalize_model_grads``
+reduces gradients over DP and divides them by the global assistant-token count, the optimizer
+clips and steps.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from nvlm_train.data.prompt import get_prompt_format, saved_prompt
 from nvlm_train.data.recipe import RecipeError
 from nvlm_train.evaluation.during_training import TrainingBenchmarks
 from nvlm_train.model.builder import build_model
-from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
+from nvlm_train.model.token_counts import TokenCounts
 from nvlm_train.model.transformer_config import Precision
 from nvlm_train.runtime.launch_env import read_launch_env
 from nvlm_train.runtime.session import distributed_session
+from nvlm_train.training.batches import BatchFeed, MicroBatches
 from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
@@ -50,7 +53,6 @@ from nvlm_train.training.optim import (
 from nvlm_train.training.signals import install_process_flag
 from nvlm_train.training.stop_marker import write_stop_marker
 from nvlm_train.training.wandb_guard import guard_wandb
-from nvlm_train.vision.route import batch_tiles
 
 
 class NonFiniteError(RuntimeError):
@@ -103,6 +105,7 @@ class Trainer:
         built = build_model(cfg.model, cfg.parallel, self.precision, packed=cfg.data.packing)
         self.built = built
         self.chunks = wrap_ddp(built.chunks, cfg, on_gpu=not on_cpu)
+        self.feed = BatchFeed(cfg.data.broadcast_batches, next(built.chunks[0].parameters()).device)
         self.optimizer, self.scheduler = build_optimizer(self.chunks, cfg, self.precision.bf16)
         configure_schedule_hooks(self.chunks, self.optimizer)
         self.state = TrainingState()
@@ -136,7 +139,8 @@ class Trainer:
 
     def _skip_counts(self) -> dict:
         """Skipped samples over every data-parallel rank (collective): each rank reads its own share,
-        what indexing left out is the same on every rank and is counted once."""
+        what indexing left out is the same on every rank and is counted once. (Ranks that receive
+        their batches skip nothing; rank 0 reads, so its data-parallel group holds every reader.)"""
         shares: list = [None] * self.dp_size
         dist.all_gather_object(shares, self.loader.sample_skips, group=parallel_state.get_data_parallel_group())
         total = Counter(self.loader.index_skips)
@@ -189,20 +193,23 @@ class Trainer:
         return folder
 
     # -- steps ---------------------------------------------------------------------------------------
-    def _run_schedule(self, batches: list[dict], forward_only: bool) -> list[dict]:
-        iterators = [iter(batches) for _ in self.chunks] if len(self.chunks) > 1 else iter(batches)
-        return get_forward_backward_func()(
+    def _run_schedule(self, batches: MicroBatches, forward_only: bool) -> list[dict]:
+        iterators = batches.iterators()
+        reports = get_forward_backward_func()(
             forward_step_func=forward_step,
-            data_iterator=iterators,
+            data_iterator=iterators if len(self.chunks) > 1 else iterators[0],
             model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
-            num_microbatches=len(batches),
+            num_microbatches=batches.count,
             seq_length=self.cfg.train.seq_length,
             micro_batch_size=self.cfg.train.micro_batch_size,
             forward_only=forward_only,
         )
+        batches.check_consumed()
+        self.feed.flush()
+        return reports
 
     def train_step(self) -> dict:
-        batches = [next(self.loader) for _ in range(self.num_micro)]
+        batches = self.feed.micro_batches(self.loader, self.num_micro, len(self.chunks))
         for chunk in self.chunks:
             chunk.train()
             chunk.zero_grad_buffer()
@@ -225,12 +232,9 @@ class Trainer:
                     f"{self.state.skipped_steps} consecutive steps had a non-finite loss or gradient norm; "
                     f"lower optimizer.lr, check the data, or resume from an earlier checkpoint"
                 )
-        samples = sum(int(b["num_samples"].sum()) if "num_samples" in b else b["tokens"].shape[0] for b in batches)
-        tiles = sum(batch_tiles(b) for b in batches)
-        rows = sum(int(b["tokens"].shape[0]) for b in batches)
-        c = sum((batch_token_counts(b) for b in batches), TokenCounts())
+        st, c = batches.stats, batches.stats.counts
         samples, tiles, rows, real, padded, sum_sq = _all_reduce(
-            [samples, tiles, rows, c.real_tokens, c.padded_tokens, c.sum_sq_lengths],
+            [st.samples, st.tiles, st.rows, c.real_tokens, c.padded_tokens, c.sum_sq_lengths],
             parallel_state.get_data_parallel_group())
         counts = TokenCounts(int(real), int(padded), int(sum_sq), int(samples))
         self.state.iteration += 1
@@ -239,20 +243,20 @@ class Trainer:
                 "finite": finite}
 
     def evaluate(self) -> float | None:
+        """Loss over ``train.eval_iters`` held-out micro-batches per replica; past the end of the held-out
+        set they are padding (loss mask 0), so the schedule's length is known before it starts."""
         loader = eval_loader(self.cfg, self.data_root, self.dp_rank, self.dp_size)
         if loader is None:
             return None
-        batches = []
-        for _ in range(self.cfg.train.eval_iters):
-            try:
-                batches.append(next(loader))
-            except StopIteration:
-                break
-        loader.close()
         for chunk in self.chunks:
             chunk.eval()
-        with torch.no_grad():
-            reports = self._run_schedule(batches, forward_only=True) if batches else []
+        count = self.cfg.train.eval_iters
+        try:
+            with torch.no_grad():
+                batches = self.feed.micro_batches(loader, count, len(self.chunks), pad=True)
+                reports = self._run_schedule(batches, forward_only=True) if count else []
+        finally:
+            loader.close()
         loss_sum, tokens = _global_loss(reports)
         return loss_sum / max(tokens, 1.0)
 
