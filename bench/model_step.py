@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pass seq_boundaries/num_samples (one sample per row): the trainer's packed-row path")
     p.add_argument("--profile", action="store_true",
                    help="one extra step under torch.profiler: time shares attention/gemm/elementwise/idle")
+    p.add_argument("--vision-cost", action="store_true",
+                   help="also time text-only rows: vision_cost_layers, the ViT + projector cost in LLM layers "
+                        "(what parallel.vision_cost_layers takes)")
     args = p.parse_args(argv)
     on_gpu = torch.cuda.is_available()
     args.seq_length = args.seq_length or (3200 if on_gpu else 256)
@@ -139,13 +142,18 @@ def peak_memory_gb(on_gpu: bool) -> tuple[float, str]:
 
 def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_length: int, tiles: int,
             steps: int, warmup: int, seed: int = 1, micro_batches: int = 1, packed: bool = False,
-            profile: bool = False, label: str | None = None) -> dict:
+            profile: bool = False, vision_cost: bool = False, label: str | None = None) -> dict:
     """Build ``model_cfg`` alone (no DDP, no optimizer) and time ``steps`` forward+backward steps of
     ``micro_batches`` synthetic micro-batches each (after ``warmup``); the model is freed on return.
 
     Needs an initialised parallel state (``distributed_session``). Returns the step times, real-token
     throughput, model FLOPs (``nvlm_train.model.flops``), peak memory (reset first on a GPU) and, with
-    ``profile``, the time shares of one extra step (``_perf_tools.time_shares``)."""
+    ``profile``, the time shares of one extra step (``_perf_tools.time_shares``).
+
+    ``vision_cost``: the same steps again on text-only rows of the same length; the difference is
+    what the ViT + projector cost, reported in LLM layers (``vision_cost_layers``: the text-only
+    step divided by the layer count, so embedding and loss count as layer time). That figure is
+    what ``parallel.vision_cost_layers`` takes to balance the first pipeline stage."""
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.flops import flops_breakdown
@@ -173,7 +181,7 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
                 p.main_grad = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
                 main_grads.append(p.main_grad)
 
-    def step() -> float:
+    def step(batch: dict = batch, tiles_total: int = tiles_total) -> float:
         model.zero_grad(set_to_none=True)
         for g in main_grads:
             g.zero_()
@@ -224,6 +232,22 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
         shares = time_shares(step, on_gpu)
 
     step_time = statistics.mean(times)
+    vision = {}
+    if vision_cost:
+        text_only = synthetic_batch(model_cfg, micro_batch_size, seq_length, 0, seed, packed)
+        text_only = {k: v if k in host else v.to(device) for k, v in text_only.items()}
+        text_times = []
+        for i in range(warmup + steps):
+            if on_gpu:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step(text_only, 0)
+            if on_gpu:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                text_times.append(time.perf_counter() - t0)
+        per_layer = statistics.mean(text_times) / model_cfg.language.num_layers
+        vision["vision_cost_layers"] = max(0.0, step_time - statistics.mean(text_times)) / per_layer
     step_flops = flops.total * micro_batches
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -256,6 +280,7 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
         "warmup": warmup,
         "last_loss": loss,
         **shares,
+        **vision,
     }
 
 
@@ -267,7 +292,7 @@ def run(args: argparse.Namespace) -> dict:
     result = measure(model_cfg, bf16=args.dtype == "bf16", micro_batch_size=args.micro_batch_size,
                      seq_length=args.seq_length, tiles=args.tiles, steps=args.steps, warmup=args.warmup,
                      seed=args.seed, micro_batches=args.micro_batches, packed=args.packed, profile=args.profile,
-                     label=args.config)
+                     vision_cost=args.vision_cost, label=args.config)
     tflops = result["tflops_per_s"]
     return {
         **result,

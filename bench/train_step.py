@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                                        seq_length=train_cfg.train.seq_length, tiles=_bench_tiles(train_cfg),
                                        steps=args.steps, warmup=args.warmup, seed=train_cfg.train.seed,
                                        micro_batches=num_micro, packed=train_cfg.data.packing,
-                                       profile=args.profile, label=args.case)
+                                       profile=args.profile, vision_cost=True, label=args.case)
                 gc.collect()
                 if on_gpu:
                     torch.cuda.empty_cache()
@@ -268,7 +268,8 @@ def main(argv=None) -> int:
                     "step_ms": model_result["step_ms"],
                     "peak_memory_gb": model_result["peak_memory_gb"],
                     "tflops_per_gpu": m_tflops,
-                    **{k: model_result[k] for k in ("time_shares", "profiled_step_ms") if k in model_result},
+                    **{k: model_result[k] for k in ("time_shares", "profiled_step_ms", "vision_cost_layers")
+                       if k in model_result},
                     "note": "bench/model_step.measure: same model, micro-batches, rows and tiles, one synthetic "
                             "sample per row, no DDP/optimizer/data",
                 }

@@ -51,6 +51,7 @@ def test_gpu_perf_smoke_every_case_every_field(tmp_path):
         name = r["case"]
         _check_figures(name, r)
         _check_figures(name + " model_step", r["model_step"])
+        assert r["model_step"]["vision_cost_layers"] >= 0.0  # what parallel.vision_cost_layers takes
         assert r["mfu_note"] and r["peak_tflops"] is None and r["target_met"] is None
         assert isinstance(r["trainer_overhead_ms"], float)
         assert r["trainer_overhead_ms"] == pytest.approx(r["step_ms"] - r["model_step"]["step_ms"])
