@@ -39,6 +39,7 @@ def worker(rank, world, base, run_root, layouts):
 
     import nvlm_train.training.loop as loop
     from nvlm_train.config.store import compose_config, to_dataclass
+    from nvlm_train.runtime.broadcast import gloo_twin
     from nvlm_train.runtime.initialize import initialize_distributed
     from nvlm_train.runtime.launch_env import read_launch_env
 
@@ -74,6 +75,9 @@ def worker(rank, world, base, run_root, layouts):
                 "tp": parallel_state.get_tensor_model_parallel_rank()}
             trainer.loader.close()
     out["channel"] = _channel_roundtrip(rank)
+    # Several groups in one partition (PP2: the TP groups {0}, {1}): each rank gets its own.
+    twin = gloo_twin(parallel_state.get_tensor_model_parallel_group())
+    out["twin"] = torch.distributed.get_process_group_ranks(twin)
     return out
 
 
@@ -107,5 +111,17 @@ def test_broadcast_batches_match_per_rank_reading(data_cache, tmp_path):
             assert len({r[name, True]["steps"][i][2] for r in ranks}) == 1, name
     assert ranks[0]["tp2", True]["steps"][0][2] > 0  # the steps did carry images
     assert {"images", "image_plans"} <= set(ranks[1]["tp2", True]["batches"][0])  # device route, TP peer
+    assert [r["twin"] for r in ranks] == [[0], [1]]
     ch = ranks[1]["channel"]
     assert ch["ok"] and ch["meta"] == [3, -4] and ch["described"] == {"f": (torch.bfloat16, (2, 3))}
+
+
+def test_stage_keys():
+    from nvlm_train.training.batches import BATCH_KEYS, stage_keys
+
+    assert stage_keys(first=True, last=True) == BATCH_KEYS
+    assert stage_keys(first=True, last=False) == ("tokens", "position_ids", "seq_boundaries", "num_samples",
+                                                  "image_plans", "pixel_values", "images")
+    assert stage_keys(first=False, last=True) == ("tokens", "position_ids", "seq_boundaries", "num_samples",
+                                                  "labels", "loss_mask")
+    assert stage_keys(first=False, last=False) == ("tokens", "position_ids", "seq_boundaries", "num_samples")
