@@ -19,6 +19,8 @@ Cases (all by default; --cases takes a comma-separated subset):
                                                                                         target MFU >= 0.50
   proxy_72b_recompute_selective, proxy_72b_recompute_full
                             proxy_72b with model.recompute.language=selective / full (same layer count)
+  nvlm_d_2b_sft_unfused     nvlm_d_2b_sft with every model.fusion.* switch off (the defaults: null, on
+                            where the path has the kernel), to measure what the fusions buy
 Every case line: case, mfu, tokens_per_s (real tokens), step_ms, peak_memory_gb, tflops_per_gpu,
 time_shares {attention, gemm, elementwise, idle} (torch.profiler, one extra step; sum 1), and
 model_step {the same figures for the model's forward+backward alone, bench/model_step.py} with
@@ -78,7 +80,9 @@ EXTRA_OVERRIDES=${EXTRA_OVERRIDES:-}
 OPTIONAL_OVERRIDES=${OPTIONAL_OVERRIDES:-}
 BUDGET_S=${BUDGET_S:-470}
 CASE_TIMEOUT_S=${CASE_TIMEOUT_S:-200}
-ALL_CASES="nvlm_d_2b_sft,proxy_72b,proxy_72b_recompute_selective,proxy_72b_recompute_full"
+ALL_CASES="nvlm_d_2b_sft,proxy_72b,proxy_72b_recompute_selective,proxy_72b_recompute_full,nvlm_d_2b_sft_unfused"
+UNFUSED="model.fusion.bias_activation=false model.fusion.bias_dropout_add=false model.fusion.rope=false"
+UNFUSED="$UNFUSED model.fusion.grad_accumulation=false model.fusion.cross_entropy=false"
 CASES=${CASES:-$ALL_CASES}
 export PYTHONUNBUFFERED=1
 
@@ -113,6 +117,8 @@ case_args() {
   case "$1" in
     nvlm_d_2b_sft)
       echo --config "$CONFIG_2B" --mfu-target 0.40 "${optional[@]}" -- $CASE_2B_OVERRIDES ;;
+    nvlm_d_2b_sft_unfused)  # every model.fusion switch off: what the fusion defaults buy
+      echo --config "$CONFIG_2B" "${optional[@]}" -- $CASE_2B_OVERRIDES $UNFUSED ;;
     proxy_72b|proxy_72b_recompute_selective|proxy_72b_recompute_full)
       local rc=""
       case "$1" in *selective) rc=model.recompute.language=selective ;; *full) rc=model.recompute.language=full ;; esac

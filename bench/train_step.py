@@ -25,6 +25,7 @@ gpu_perf.sh:  python bench/train_step.py --case 2b --config nvlm_d_2b --data-dir
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import shutil
@@ -251,6 +252,7 @@ def main(argv=None) -> int:
                 "language_layers": train_cfg.model.language.num_layers,
                 "freeze": OmegaConf.to_container(cfg.model.freeze),
                 "recompute": OmegaConf.to_container(cfg.model.recompute),
+                "fusions": dataclasses.asdict(trainer.built.fusions),  # what model.fusion resolved to
                 "data": "bench shards " + str(root) if args.data_dir else "demo",
                 "overrides": overrides,
                 "skipped_overrides": skipped,

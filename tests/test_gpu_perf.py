@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_perf.sh"
-CASES = ("nvlm_d_2b_sft", "proxy_72b", "proxy_72b_recompute_selective", "proxy_72b_recompute_full")
+CASES = ("nvlm_d_2b_sft", "proxy_72b", "proxy_72b_recompute_selective", "proxy_72b_recompute_full",
+         "nvlm_d_2b_sft_unfused")
 FIGURES = ("tokens_per_s", "step_ms", "peak_memory_gb", "tflops_per_gpu")
 
 
@@ -63,12 +64,16 @@ def test_gpu_perf_smoke_every_case_every_field(tmp_path):
         assert r["time_shares_basis"] == "CPU op self time"
     by_name = {r["case"]: r for r in cases}
     assert by_name["nvlm_d_2b_sft"]["mfu_target"] == 0.4 and by_name["proxy_72b"]["mfu_target"] == 0.5
-    for name in CASES[1:]:  # the proxy keeps the layers the memory estimate allows (3 of tiny's 4 here)
+    for name in CASES[1:4]:  # the proxy keeps the layers the memory estimate allows (3 of tiny's 4 here)
         r = by_name[name]
         assert r["proxy_estimate"]["proxy_layers"] == r["language_layers"] == 3
     assert by_name["proxy_72b"]["recompute"]["language"] is None
     assert by_name["proxy_72b_recompute_selective"]["recompute"]["language"] == "selective"
     assert by_name["proxy_72b_recompute_full"]["recompute"]["language"] == "full"
+    unfused = by_name["nvlm_d_2b_sft_unfused"]
+    assert "model.fusion.bias_activation=false" in unfused["overrides"] and not any(unfused["fusions"].values())
+    assert set(unfused["fusions"]) == {"bias_activation", "bias_dropout_add", "rope", "grad_accumulation",
+                                       "cross_entropy"}
 
 
 def test_gpu_perf_help_and_failures(tmp_path):
