@@ -113,12 +113,10 @@ def main(argv=None) -> int:
     from omegaconf import OmegaConf
 
     from nvlm_train.config.store import compose_config, to_dataclass
+    from nvlm_train.model.transformer_config import Precision
     from nvlm_train.runtime.launch_env import read_launch_env
     from nvlm_train.runtime.session import distributed_session
-    from nvlm_train.training.loop import (
-        Trainer,
-        _precision,  # the trainer's dtype rule (train.precision)
-    )
+    from nvlm_train.training.loop import Trainer
     from nvlm_train.training.metrics import peak_tflops_per_gpu, throughput
 
     on_gpu = torch.cuda.is_available()
@@ -148,6 +146,7 @@ def main(argv=None) -> int:
     cfg = compose_config("train", overrides)
     train_cfg = to_dataclass(cfg)
     train_cfg.validate(env.world_size)
+    bf16 = Precision.of_run(train_cfg.train.precision).bf16  # the trainer's dtype rule
     with distributed_session(train_cfg.parallel, seed=train_cfg.train.seed,
                              num_language_layers=train_cfg.model.language.num_layers, env=env) as on_cpu:
         try:
@@ -159,7 +158,7 @@ def main(argv=None) -> int:
                 bench_tiles = _bench_tiles(train_cfg)
                 estimate = estimate_proxy_layers(train_cfg.model, train_cfg.train.seq_length,
                                                  train_cfg.train.micro_batch_size, bench_tiles, memory,
-                                                 bf16=_precision(train_cfg).bf16, reserve_gb=6.0 if on_gpu else 0.0,
+                                                 bf16=bf16, reserve_gb=6.0 if on_gpu else 0.0,
                                                  max_layers=train_cfg.model.language.num_layers)
                 say(f"proxy: {estimate['proxy_layers']} language layers fit {memory:.4g} GB "
                     f"(fixed {estimate['fixed_gb']:.4g} GB + {estimate['per_layer_gb']:.4g} GB per layer)")
@@ -186,7 +185,7 @@ def main(argv=None) -> int:
                     raise SystemExit("--model-step builds the model at TP1/PP1: drop it for parallel.tp/pp > 1")
 
                 say("model forward+backward alone ...")
-                model_result = measure(train_cfg.model, bf16=_precision(train_cfg).bf16,
+                model_result = measure(train_cfg.model, bf16=bf16,
                                        micro_batch_size=train_cfg.train.micro_batch_size,
                                        seq_length=train_cfg.train.seq_length, tiles=_bench_tiles(train_cfg),
                                        steps=args.steps, warmup=args.warmup, seed=train_cfg.train.seed,

@@ -31,6 +31,12 @@ class Precision:
     params_dtype: torch.dtype = torch.float32
     bf16: bool = False
 
+    @classmethod
+    def of_run(cls, mode: str) -> Precision:
+        """``train.precision``: bf16, fp32, or auto (bf16 where a GPU trains, fp32 on the CPU)."""
+        bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_available())
+        return cls(params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16)
+
 
 def _recompute(kind: str | None, num_layers: int) -> dict:
     if kind is None:

@@ -77,11 +77,6 @@ def _global_loss(reports: list[dict]) -> tuple[float, float]:
     return tuple(_all_reduce(local, parallel_state.get_data_parallel_group()))  # type: ignore[return-value]
 
 
-def _precision(cfg: TrainConfig) -> Precision:
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
-    return Precision(params_dtype=torch.bfloat16 if bf16 else torch.float32, bf16=bf16)
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, config_yaml: str, on_cpu: bool):
         self.cfg, self.config_yaml, self.on_cpu = cfg, config_yaml, on_cpu
@@ -91,7 +86,7 @@ class Trainer:
         self.world = dist.get_world_size()
         self.rank0 = dist.get_rank() == 0
         self.num_micro = cfg.num_microbatches(self.world)
-        self.precision = _precision(cfg)
+        self.precision = Precision.of_run(cfg.train.precision)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
 
