@@ -111,8 +111,7 @@ class GenerationEngine:
         if parallel.vpp:
             raise ValueError("generation runs without virtual pipeline stages; launch without parallel.vpp")
         model_cfg = dataclasses.replace(run.model, impl="torch")
-        use_bf16 = torch.cuda.is_available() if bf16 is None else bf16
-        precision = Precision(torch.bfloat16, True) if use_bf16 else Precision()
+        precision = Precision.of_run("auto" if bf16 is None else "bf16" if bf16 else "fp32")
         built = build_model(model_cfg, parallel, precision, initialize=False, packed=False)
         load_checkpoint(run.folder, built.chunks, weights_only=True)
         tok_dir = tokenizer_dir or run.tokenizer_dir or build_demo_tokenizer()
