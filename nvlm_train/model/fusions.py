@@ -9,8 +9,9 @@ what is missing) or false. Where each kernel exists:
 * ``rope``: Transformer Engine's fused RoPE, and only for packed (THD) rows. Per-token position
   ids (generation, one-sample rows) give every row its own frequencies, which the fused BSHD
   kernel cannot take, so those forwards stay unfused (``NVLMDModel``);
-* ``grad_accumulation``: weight gradients written into ``main_grad`` by the GEMM itself, from
-  Transformer Engine's linears or apex's ``fused_weight_gradient_mlp_cuda`` for megatron's own;
+* ``grad_accumulation``: weight gradients written into ``main_grad`` by the GEMM itself. It needs
+  apex's ``fused_weight_gradient_mlp_cuda`` on every path: the projector and the output layer are
+  megatron's own linears even where the towers are Transformer Engine's;
 * ``cross_entropy``: megatron's fused vocab-parallel cross entropy, which hands back bf16
   logit gradients: bf16 runs only. Off unless asked (megatron's default; bench/gpu_perf.sh
   measures it).
@@ -79,8 +80,11 @@ def resolve_fusions(cfg: FusionConfig, impl: str, thd_rows: bool, bf16: bool,
                      "fused RoPE needs model.impl=transformer_engine with a Transformer Engine that has it", on_gpu)
     else:  # a build without packed rows (generation): positions per token, nothing to fuse
         rope = False
-    accumulation_missing = None if te or apex_grad_accumulation_available() else (
-        "megatron's own linears need apex's fused_weight_gradient_mlp_cuda for it (or model.impl=transformer_engine)")
+    # The projector and the output layer are megatron's own linears on every path (TE's too), and
+    # they refuse the flag without apex's kernel.
+    accumulation_missing = None if apex_grad_accumulation_available() else (
+        "apex's fused_weight_gradient_mlp_cuda is not installed (the projector and the output layer are "
+        "megatron-core's own linears even with model.impl=transformer_engine, and they need it)")
     return Fusions(
         bias_activation=_pick("bias_activation", cfg.bias_activation, None, on_gpu),
         bias_dropout_add=_pick("bias_dropout_add", cfg.bias_dropout_add, None, on_gpu),

@@ -158,10 +158,16 @@ def test_resolution_on_each_path(monkeypatch):
         resolve_fusions(FusionConfig(grad_accumulation=True), "torch", True, True, on_gpu=True)
     with pytest.raises(ConfigError, match=r"cross_entropy=true but it hands back bf16 gradients"):
         resolve_fusions(FusionConfig(cross_entropy=True), "torch", True, bf16=False, on_gpu=True)
-    # GPU with Transformer Engine: RoPE fused on packed rows only, wgrad accumulation by TE's GEMMs.
+    # GPU with Transformer Engine: RoPE fused on packed rows only. Without apex no wgrad accumulation
+    # even so: the projector and the output layer are megatron's linears, which need apex's kernel.
     monkeypatch.setattr(fusions_mod, "te_fused_rope_available", lambda: True)
     te = resolve_fusions(auto, "transformer_engine", thd_rows=True, bf16=True, on_gpu=True)
-    assert te == Fusions(bias_activation=True, bias_dropout_add=True, rope=True, grad_accumulation=True)
+    assert te == Fusions(bias_activation=True, bias_dropout_add=True, rope=True)
+    with pytest.raises(ConfigError, match=r"grad_accumulation=true but apex's .* even with model.impl=transformer_"):
+        resolve_fusions(FusionConfig(grad_accumulation=True), "transformer_engine", True, True, on_gpu=True)
+    monkeypatch.setattr(fusions_mod, "apex_grad_accumulation_available", lambda: True)
+    assert resolve_fusions(auto, "transformer_engine", True, True, on_gpu=True).grad_accumulation
+    assert resolve_fusions(auto, "torch", True, True, on_gpu=True).grad_accumulation
     generation = resolve_fusions(FusionConfig(rope=True), "transformer_engine", thd_rows=False, bf16=True, on_gpu=True)
     assert generation.rope is False
     assert resolve_fusions(FusionConfig(cross_entropy=True), "transformer_engine", True, True, True).cross_entropy
