@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from nvlm_train.model.nvlm_d import NVLMDModel
+from nvlm_train.model.nvlm_d import NVLMDModel, check_image_slots
 
 
 class StageRunner:
@@ -44,6 +44,10 @@ class StageRunner:
         else:
             self.chunk.set_input_tensor(None)
         pixels = pixel_values.to(dev) if (self.first and pixel_values is not None and len(pixel_values)) else None
+        if self.first and tokens.device.type == "cpu":  # on the host, before the copy: no device sync
+            tiles = 0 if pixels is None else len(pixel_values)
+            check_image_slots(tokens, tiles * self.chunk.model_cfg.tokens_per_tile, self.chunk.image_token_id,
+                              image_mask)
         out = self.chunk(tokens.to(dev), positions.to(dev), pixel_values=pixels,
                          attention_mask=mask.to(dev), inference_context=inference_context,
                          rotary_position_ids=rotary_positions.to(dev),

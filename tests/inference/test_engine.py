@@ -98,3 +98,17 @@ def test_greedy_matches_transformers_generate_on_the_export(engine, tiny_hf):
         if theirs and theirs[-1] in (tok.im_end_id, tok.eod_id):
             theirs = theirs[:-1]
         assert ours[req.id][0] == theirs, req.id
+
+
+def test_image_slots_are_checked_on_the_host(engine):
+    """Token-level prompts whose image-context tokens do not match the tiles are refused before any copy
+    (on a GPU the splice itself no longer counts them: that would be a device sync)."""
+    from nvlm_train.inference.decode import DecodeOptions
+    from nvlm_train.model.nvlm_d import ImageTokenMismatchError
+
+    cfg = engine.model_cfg
+    size = cfg.vision.image_size
+    one_tile = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    prompt = [5] + [cfg.language.image_token_id] * (cfg.tokens_per_tile - 1) + [6]  # one slot short
+    with pytest.raises(ImageTokenMismatchError, match=rf"{cfg.tokens_per_tile - 1} image-context tokens"):
+        engine.generate_ids([prompt], one_tile, DecodeOptions(max_new_tokens=[1]))
