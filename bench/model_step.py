@@ -19,6 +19,7 @@ own model config in the same process, so ``bench/gpu_perf.sh`` can report the tr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -151,9 +152,10 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
     ``profile``, the time shares of one extra step (``_perf_tools.time_shares``).
 
     ``vision_cost``: the same steps again on text-only rows of the same length; the difference is
-    what the ViT + projector cost, reported in LLM layers (``vision_cost_layers``: the text-only
-    step divided by the layer count, so embedding and loss count as layer time). That figure is
-    what ``parallel.vision_cost_layers`` takes to balance the first pipeline stage."""
+    what the ViT + projector cost, reported in LLM layers (``vision_cost_layers``, what
+    ``parallel.vision_cost_layers`` takes to balance the first pipeline stage). One layer's time is
+    the text-only step less the output layer and loss, split off by their share of the step's model
+    FLOPs (``head_cost_layers`` reports that part, which the last stage carries)."""
     from nvlm_train.config.parallel import ParallelConfig
     from nvlm_train.model.builder import build_model
     from nvlm_train.model.flops import flops_breakdown
@@ -246,8 +248,14 @@ def measure(model_cfg: ModelConfig, *, bf16: bool, micro_batch_size: int, seq_le
                 torch.cuda.synchronize()
             if i >= warmup:
                 text_times.append(time.perf_counter() - t0)
-        per_layer = statistics.mean(text_times) / model_cfg.language.num_layers
-        vision["vision_cost_layers"] = max(0.0, step_time - statistics.mean(text_times)) / per_layer
+        text_time = statistics.mean(text_times)
+        layers = model_cfg.language.num_layers
+        headless = dataclasses.replace(model_cfg, language=dataclasses.replace(model_cfg.language, num_layers=0))
+        text_flops = flops_breakdown(model_cfg, tokens, 0, seq_length, model_cfg.freeze).total
+        head_share = flops_breakdown(headless, tokens, 0, seq_length, model_cfg.freeze).total / text_flops
+        per_layer = text_time * (1.0 - head_share) / layers
+        vision["vision_cost_layers"] = max(0.0, step_time - text_time) / per_layer
+        vision["head_cost_layers"] = text_time * head_share / per_layer
     step_flops = flops.total * micro_batches
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

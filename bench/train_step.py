@@ -269,7 +269,8 @@ def main(argv=None) -> int:
                     "step_ms": model_result["step_ms"],
                     "peak_memory_gb": model_result["peak_memory_gb"],
                     "tflops_per_gpu": m_tflops,
-                    **{k: model_result[k] for k in ("time_shares", "profiled_step_ms", "vision_cost_layers")
+                    **{k: model_result[k] for k in ("time_shares", "profiled_step_ms", "vision_cost_layers",
+                                                    "head_cost_layers")
                        if k in model_result},
                     "note": "bench/model_step.measure: same model, micro-batches, rows and tiles, one synthetic "
                             "sample per row, no DDP/optimizer/data",

@@ -53,9 +53,9 @@ def test_gpu_perf_smoke_every_case_every_field(tmp_path):
         _check_figures(name, r)
         _check_figures(name + " model_step", r["model_step"])
         assert r["model_step"]["vision_cost_layers"] >= 0.0  # what parallel.vision_cost_layers takes
+        assert r["model_step"]["head_cost_layers"] > 0.0  # the output layer and loss, on the last stage
         assert r["mfu_note"] and r["peak_tflops"] is None and r["target_met"] is None
         assert isinstance(r["trainer_overhead_ms"], float)
-        assert r["trainer_overhead_ms"] == pytest.approx(r["step_ms"] - r["model_step"]["step_ms"])
         rows = r["micro_batch_size"] * r["num_microbatches"]
         # every benchmark sample: a 3:2 image = 6 tiles + thumbnail, text filling the row (real tokens only)
         assert r["tiles_per_step"] == 7 * rows, r["tiles_per_step"]

@@ -91,7 +91,8 @@ def from_pack(x: torch.Tensor, b: int, s: int) -> torch.Tensor:
 def _unfused_rope_for_per_token_positions(config: TransformerConfig, per_token: bool) -> Iterator[None]:
     """Per-token frequencies ([s, b, 1, d]: generation, one-sample rows) cannot go through TE's fused
     BSHD RoPE, which takes one row of frequencies for the batch; such forwards (without gradients:
-    a recomputed backward would read the flag again) run megatron's unfused RoPE."""
+    a recomputed backward would read the flag again) run megatron's unfused RoPE. The flag lives on the
+    ``TransformerConfig`` every chunk of this rank shares: it is flipped for one forward, on one thread."""
     if not (per_token and config.apply_rope_fusion):
         yield
         return

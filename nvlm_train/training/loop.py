@@ -60,21 +60,26 @@ class NonFiniteError(RuntimeError):
 
 
 def _all_reduce(values: list[float], group=None, op=dist.ReduceOp.SUM) -> list[float]:
+    """Host numbers reduced over ``group`` (through the device where the group is NCCL's)."""
     t = torch.tensor(values, dtype=torch.float64)
-    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+    if dist.get_backend(group) == "nccl":
         t = t.cuda()
     dist.all_reduce(t, op=op, group=group)
     return t.cpu().tolist()
 
 
-def _global_loss(reports: list[dict]) -> tuple[float, float]:
-    """(loss sum, token count) of the global batch, on every rank."""
-    local = [0.0, 0.0]
+def _global_loss(reports: list[dict], device: torch.device) -> tuple[float, float]:
+    """(loss sum, token count) of the global batch, on every rank: one reduction and one host read.
+
+    The sums stay on the device until then; the last stage's TP ranks all hold the same sums (the
+    vocab-parallel loss is whole on each), so the world-wide sum counts each replica TP times.
+    """
+    local = torch.zeros(2, dtype=torch.float64, device=device)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True) and reports:
-        s = torch.stack([r["lm loss"] for r in reports]).sum(0)
-        local = [float(s[0]), float(s[1])]
-    local = _all_reduce(local, parallel_state.get_pipeline_model_parallel_group())
-    return tuple(_all_reduce(local, parallel_state.get_data_parallel_group()))  # type: ignore[return-value]
+        local += torch.stack([r["lm loss"] for r in reports]).sum(0).double()
+    dist.all_reduce(local)
+    loss_sum, tokens = (local / parallel_state.get_tensor_model_parallel_world_size()).tolist()
+    return loss_sum, tokens
 
 
 class Trainer:
@@ -100,7 +105,8 @@ class Trainer:
         built = build_model(cfg.model, cfg.parallel, self.precision, packed=cfg.data.packing)
         self.built = built
         self.chunks = wrap_ddp(built.chunks, cfg, on_gpu=not on_cpu)
-        self.feed = BatchFeed(cfg.data.broadcast_batches, next(built.chunks[0].parameters()).device)
+        self.device = next(built.chunks[0].parameters()).device
+        self.feed = BatchFeed(cfg.data.broadcast_batches, self.device)
         self.optimizer, self.scheduler = build_optimizer(self.chunks, cfg, self.precision.bf16)
         configure_schedule_hooks(self.chunks, self.optimizer)
         self.state = TrainingState()
@@ -210,7 +216,7 @@ class Trainer:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
         reports = self._run_schedule(batches, forward_only=False)
-        loss_sum, tokens = _global_loss(reports)
+        loss_sum, tokens = _global_loss(reports, self.device)
         loss = loss_sum / max(tokens, 1.0)
         grad_norm = step_if_finite(self.optimizer) if math.isfinite(loss) else None
         finite = grad_norm is not None
@@ -228,9 +234,9 @@ class Trainer:
                     f"lower optimizer.lr, check the data, or resume from an earlier checkpoint"
                 )
         st, c = batches.stats, batches.stats.counts
-        samples, tiles, rows, real, padded, sum_sq = _all_reduce(
+        samples, tiles, rows, real, padded, sum_sq = _all_reduce(  # host counts: gloo, no device sync
             [st.samples, st.tiles, st.rows, c.real_tokens, c.padded_tokens, c.sum_sq_lengths],
-            parallel_state.get_data_parallel_group())
+            parallel_state.get_data_parallel_group_gloo())
         counts = TokenCounts(int(real), int(padded), int(sum_sq), int(samples))
         self.state.iteration += 1
         self.state.consumed_samples += int(samples)
@@ -252,7 +258,7 @@ class Trainer:
                 reports = self._run_schedule(batches, forward_only=True) if count else []
         finally:
             loader.close()
-        loss_sum, tokens = _global_loss(reports)
+        loss_sum, tokens = _global_loss(reports, self.device)
         return loss_sum / max(tokens, 1.0)
 
     # -- loop ----------------------------------------------------------------------------------------

@@ -109,9 +109,10 @@ def _init_wandb(run_dir: Path, mode: str, project: str, name: str | None, config
 
 
 class StepTimer:
-    """Wall time between laps. Each step already ends in a host read (the global loss and the grad
-    norm), which waits for the device work those depend on; ``synchronize`` also waits for the
-    rest (exact per-step times, one extra device sync per step)."""
+    """Wall time between laps. A step's host reads (the global loss after the schedule, the grad norm
+    before the optimizer step) wait for the forward and backward; the optimizer's kernels may still
+    run when the lap is taken and are counted in the next step. ``synchronize`` waits for them
+    (exact per-step times, one more device sync per step)."""
 
     def __init__(self, synchronize: bool = False):
         self.synchronize = synchronize and torch.cuda.is_available()

@@ -37,7 +37,7 @@ def test_uneven_pipeline_split():
         ParallelConfig(pp=2, vpp=2, first_stage_layers=1).validate(2, 4)
     with pytest.raises(ConfigError, match=r"needs parallel.pp >= 2"):
         ParallelConfig(first_stage_layers=2).validate(1, 4)
-    # From a measured cost: the ViT costs 4.5 layers -> 17 + 4.5 = 21.5 vs 63 / 3 = 21 (16: 20.5 vs 21.33).
+    # From a measured cost: the ViT costs 4.5 layers -> 17 + 4.5 = 21.5 vs 63 / 3 = 21 (the valid 14: 18.5 vs 22).
     assert ParallelConfig(pp=4, vision_cost_layers=4.5).first_stage_split(80) == 17
     assert ParallelConfig(pp=4, vision_cost_layers=0.0).first_stage_split(80) == 20  # free ViT: even
     assert ParallelConfig(pp=2, vision_cost_layers=100.0).first_stage_split(4) == 1  # at least one layer

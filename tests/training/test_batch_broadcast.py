@@ -1,5 +1,6 @@
 """Broadcast loading (data.broadcast_batches): the same micro-batches, losses and grad norms as every
-rank reading, at TP2, PP2 and PP2 x VPP2; later stages get no pixels; the reading rank is pp0/tp0."""
+rank reading, at TP2, PP2, PP2 x VPP2 and PP3 (uneven split); later stages get no pixels, middle
+stages no labels; the reading rank is pp0/tp0."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _channel_roundtrip(rank: int) -> dict | None:
             "described": got[0][1], "meta": got[1][2]}
 
 
-def worker(rank, world, base, run_root, layouts):
+def worker(rank, world, base, run_root, layouts, channel_checks=True):
     from megatron.core import parallel_state
     from omegaconf import OmegaConf
 
@@ -74,20 +75,21 @@ def worker(rank, world, base, run_root, layouts):
                 "pp": parallel_state.get_pipeline_model_parallel_rank(),
                 "tp": parallel_state.get_tensor_model_parallel_rank()}
             trainer.loader.close()
-    out["channel"] = _channel_roundtrip(rank)
-    # Several groups in one partition (PP2: the TP groups {0}, {1}): each rank gets its own.
-    twin = gloo_twin(parallel_state.get_tensor_model_parallel_group())
-    out["twin"] = torch.distributed.get_process_group_ranks(twin)
+    if channel_checks:
+        out["channel"] = _channel_roundtrip(rank)
+        # Several groups in one partition (PP2: the TP groups {0}, {1}): each rank gets its own.
+        twin = gloo_twin(parallel_state.get_tensor_model_parallel_group())
+        out["twin"] = torch.distributed.get_process_group_ranks(twin)
     return out
 
 
-def test_broadcast_batches_match_per_rank_reading(data_cache, tmp_path):
+def _base(data_cache, tmp_path) -> list[str]:
     # eval_iters=8 reaches past the held-out data (6 micro-batches of 24 samples): the tail is padding.
-    base = [o for o in base_overrides(data_cache, tmp_path) if not o.startswith("run.dir")] + [
+    return [o for o in base_overrides(data_cache, tmp_path) if not o.startswith("run.dir")] + [
         "train.global_batch_size=8", "train.eval_iters=8"]
-    layouts = {"tp2": ["parallel.tp=2", "data.tile_on=device"], "pp2": ["parallel.pp=2"],
-               "pp2_device": ["parallel.pp=2", "data.tile_on=device"], "vpp": ["parallel.pp=2", "parallel.vpp=2"]}
-    ranks = run_ranks(worker, 2, base, str(tmp_path), layouts)
+
+
+def _assert_same_as_own_reading(ranks, layouts, last_pp: int) -> None:
     for name in layouts:
         for r in ranks:
             bc, own = r[name, True], r[name, False]
@@ -101,14 +103,23 @@ def test_broadcast_batches_match_per_rank_reading(data_cache, tmp_path):
             for got, want in zip(bc["batches"], own["batches"], strict=True):
                 assert set(got) <= set(want)
                 assert all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in got), name
+                text = {"tokens", "position_ids", "seq_boundaries", "num_samples"}
                 if bc["pp"] == 0:
                     assert set(got) == set(want), name
-                else:  # the last stage: text and loss keys, no images
-                    assert set(got) == {"tokens", "position_ids", "seq_boundaries", "num_samples", "labels",
-                                        "loss_mask"}, name
+                elif bc["pp"] == last_pp:  # the last stage: text and loss keys, no images
+                    assert set(got) == text | {"labels", "loss_mask"}, name
+                else:  # a middle stage: what packed attention needs, nothing more
+                    assert set(got) == text, name
         assert [int(b["num_samples"].sum()) for b in ranks[0][name, True]["batches"][-2:]] == [0, 0]
         for i in range(2):  # every rank knows each step's tiles, later stages too
             assert len({r[name, True]["steps"][i][2] for r in ranks}) == 1, name
+
+
+def test_broadcast_batches_match_per_rank_reading(data_cache, tmp_path):
+    layouts = {"tp2": ["parallel.tp=2", "data.tile_on=device"], "pp2": ["parallel.pp=2"],
+               "pp2_device": ["parallel.pp=2", "data.tile_on=device"], "vpp": ["parallel.pp=2", "parallel.vpp=2"]}
+    ranks = run_ranks(worker, 2, _base(data_cache, tmp_path), str(tmp_path), layouts)
+    _assert_same_as_own_reading(ranks, layouts, last_pp=1)
     assert ranks[0]["tp2", True]["steps"][0][2] > 0  # the steps did carry images
     assert {"images", "image_plans"} <= set(ranks[1]["tp2", True]["batches"][0])  # device route, TP peer
     assert [r["twin"] for r in ranks] == [[0], [1]]
@@ -125,3 +136,11 @@ def test_stage_keys():
     assert stage_keys(first=False, last=True) == ("tokens", "position_ids", "seq_boundaries", "num_samples",
                                                   "labels", "loss_mask")
     assert stage_keys(first=False, last=False) == ("tokens", "position_ids", "seq_boundaries", "num_samples")
+
+
+def test_broadcast_to_a_middle_stage(data_cache, tmp_path):
+    """PP3 with the first stage holding 2 of the 4 layers (2 + 1 + 1): the middle stage gets no labels."""
+    layouts = {"pp3": ["parallel.pp=3", "parallel.first_stage_layers=2"]}
+    ranks = run_ranks(worker, 3, _base(data_cache, tmp_path), str(tmp_path), layouts, False)
+    _assert_same_as_own_reading(ranks, layouts, last_pp=2)
+    assert [r["pp3", True]["pp"] for r in ranks] == [0, 1, 2]
