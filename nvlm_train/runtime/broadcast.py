@@ -11,6 +11,7 @@ deadlock the sender, and received tensors are host tensors (pinned on CUDA machi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -124,9 +125,12 @@ class HostChannel:
         described = {k: (dtype, shape) for k, dtype, shape in self._specs(header, _SPEC)}
         return out, described, header[len(self.keys) * _PER_KEY:].tolist()
 
-    def flush(self) -> None:
-        """Wait for every queued send (each receiver has taken its message)."""
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait for every queued send (each receiver has taken its message), at most ``timeout_s`` each."""
         for works, _ in self._pending:
             for w in works:
-                w.wait()
+                if timeout_s is None:
+                    w.wait()
+                else:
+                    w.wait(timedelta(seconds=timeout_s))
         self._pending.clear()

@@ -110,6 +110,14 @@ class _ChunkIterator:
         return self.batches._take(self.chunk)
 
 
+class ReaderFailed(RuntimeError):
+    """The replica's reading rank failed while loading (its own error is on its stderr)."""
+
+
+# The tile count a failing reader sends instead of a batch, so its receivers stop waiting.
+_FAILED = -1
+
+
 class BatchFeed:
     """This rank's micro-batches: read from its loader (the replica's reading rank, or every rank when
     ``broadcast`` is off) or received from the reading rank. Built collectively (gloo groups)."""
@@ -150,8 +158,12 @@ class BatchFeed:
             batch = next(loader)
         except StopIteration:
             if not pad:
+                self._tell_failure()
                 raise
             batch = padding_batch(loader)
+        except BaseException:
+            self._tell_failure()
+            raise
         tiles = batch_tiles(batch)
         if self.channel is not None:
             for keys, dsts in self.dsts.items():
@@ -165,9 +177,20 @@ class BatchFeed:
                     dist.broadcast(batch[k], self.tp_src, group=self.tp_group)
         return batch, tiles
 
+    def _tell_failure(self) -> None:
+        """Every receiver gets a failure message instead of the batch, and raises ReaderFailed."""
+        if self.channel is None:
+            return
+        for dsts in self.dsts.values():
+            self.channel.send(dsts, {}, [_FAILED])
+        self.channel.flush(timeout_s=60.0)  # delivered before this rank's error ends the process
+
     def _receive(self) -> tuple[dict, int]:
         assert self.channel is not None
         batch, described, meta = self.channel.recv()
+        if meta[0] == _FAILED:
+            raise ReaderFailed(f"the data-parallel replica's reading rank (global rank {self.channel.src}) failed "
+                               f"while loading a micro-batch; its error is in its log")
         for k in IMAGE_DEVICE_KEYS:  # the vocabulary order, as the reading rank sent them
             if k in described:
                 dtype, shape = described[k]

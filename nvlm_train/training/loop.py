@@ -38,7 +38,7 @@ from nvlm_train.model.token_counts import TokenCounts
 from nvlm_train.model.transformer_config import Precision
 from nvlm_train.runtime.launch_env import read_launch_env
 from nvlm_train.runtime.session import distributed_session
-from nvlm_train.training.batches import BatchFeed, MicroBatches
+from nvlm_train.training.batches import BatchFeed, MicroBatches, ReaderFailed
 from nvlm_train.training.data import ensure_demo_data, eval_loader, train_loader
 from nvlm_train.training.forward_step import forward_step
 from nvlm_train.training.metrics import MetricsWriter, StepTimer, memory_gb, peak_tflops_per_gpu, throughput
@@ -345,6 +345,9 @@ def run_training(cfg: TrainConfig, config_yaml: str) -> int:
         try:
             trainer = Trainer(cfg, config_yaml, on_cpu)
             return trainer.run()
+        except ReaderFailed as exc:  # the reading rank reports its own error; each of its receivers says why it stops
+            print(f"nvlm-train: rank {dist.get_rank()}: {exc}", file=sys.stderr)
+            return 2
         except (ConfigError, CheckpointError, NonFiniteError, DataPathError, RecipeError, DataQualityError) as exc:
             if dist.get_rank() == 0:  # every rank finds the same problem; say it once
                 print(f"nvlm-train: {exc}", file=sys.stderr)

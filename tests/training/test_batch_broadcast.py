@@ -144,3 +144,30 @@ def test_broadcast_to_a_middle_stage(data_cache, tmp_path):
     ranks = run_ranks(worker, 3, _base(data_cache, tmp_path), str(tmp_path), layouts, False)
     _assert_same_as_own_reading(ranks, layouts, last_pp=2)
     assert [r["pp3", True]["pp"] for r in ranks] == [0, 1, 2]
+
+
+def failing_reader_worker(rank, world):
+    from nvlm_train.config.parallel import ParallelConfig
+    from nvlm_train.runtime.initialize import initialize_distributed
+    from nvlm_train.training.batches import BatchFeed, ReaderFailed
+
+    initialize_distributed(ParallelConfig(tp=2), seed=1)
+    feed = BatchFeed(broadcast=True, device="cpu")
+
+    def corrupt():
+        raise OSError("shard 3: unexpected end of data")
+        yield  # a generator, like the loader
+
+    try:
+        feed.pull(corrupt())
+    except (OSError, ReaderFailed) as exc:
+        return {"reads": feed.reads, "error": type(exc).__name__, "message": str(exc)}
+    return {"reads": feed.reads, "error": None}
+
+
+def test_a_failing_reader_stops_its_receivers():
+    """The reading rank's error reaches the rank waiting for its batch (instead of a hang)."""
+    reader, receiver = run_ranks(failing_reader_worker, 2, timeout=120)
+    assert reader == {"reads": True, "error": "OSError", "message": "shard 3: unexpected end of data"}
+    assert receiver["reads"] is False and receiver["error"] == "ReaderFailed"
+    assert "reading rank (global rank 0) failed" in receiver["message"]
