@@ -150,31 +150,26 @@ def test_stage_starts_from_previous_weights_only(data_cache, tmp_path, reference
 
 
 def test_distributed_optimizer_matches_plain_adam(data_cache, tmp_path):
-    plain = run_train(2, base_overrides(data_cache, tmp_path / "plain", iters=3) + ["train.global_batch_size=4",
-                                                                                    "train.micro_batch_size=1"])
+    """The distributed optimizer, with the gradient reduce and the parameter all-gather overlapped with
+    compute, takes the same steps as plain Adam, and its final save holds the last step's weights."""
+    sizes = ["train.global_batch_size=4", "train.micro_batch_size=1"]
+    plain = run_train(2, base_overrides(data_cache, tmp_path / "plain", iters=3) + sizes)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    dist_opt = run_train(2, base_overrides(data_cache, tmp_path / "dist", iters=3)
-                         + ["train.global_batch_size=4", "train.micro_batch_size=1",
-                            "optimizer.use_distributed_optimizer=true"])
-    assert dist_opt.returncode == 0, dist_opt.stderr[-3000:]
-    # Gradient reduce and parameter all-gather overlapped with compute: the same steps.
     overlap = run_train(2, base_overrides(data_cache, tmp_path / "overlap", iters=3)
-                        + ["train.global_batch_size=4", "train.micro_batch_size=1",
-                           "optimizer.use_distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
-                           "parallel.overlap_param_gather=true"])
+                        + sizes + ["optimizer.use_distributed_optimizer=true", "parallel.overlap_grad_reduce=true",
+                                   "parallel.overlap_param_gather=true"])
     assert overlap.returncode == 0, overlap.stderr[-3000:]
-    a, b, c = losses(tmp_path / "plain"), losses(tmp_path / "dist"), losses(tmp_path / "overlap")
-    assert "DP2" in dist_opt.stderr
+    a, c = losses(tmp_path / "plain"), losses(tmp_path / "overlap")
+    assert "DP2" in overlap.stderr
     for it in (1, 2, 3):
-        assert abs(a[it] - b[it]) <= 1e-5 * abs(a[it]), (it, a[it], b[it])
         assert abs(a[it] - c[it]) <= 1e-5 * abs(a[it]), (it, a[it], c[it])
-    # The final save holds the weights after the last step, gathered (not the step before's).
-    with DistCheckpointReader(tmp_path / "dist" / "checkpoints" / "iter_0000003") as ref, \
+    # Gathered after the last step (without params_in_sync the save holds the step before's weights).
+    with DistCheckpointReader(tmp_path / "plain" / "checkpoints" / "iter_0000003") as ref, \
             DistCheckpointReader(tmp_path / "overlap" / "checkpoints" / "iter_0000003") as got:
         weights = [k for k in ref.tensors if k.startswith(("projector.", "language_model."))]
         assert weights
         for key in weights:
-            assert torch.allclose(got.read(key), ref.read(key), rtol=1e-5, atol=1e-7), key
+            assert torch.allclose(got.read(key), ref.read(key), rtol=1e-5, atol=1e-6), key
 
 
 def test_bf16_run_saves_and_resumes_exactly(data_cache, tmp_path):
