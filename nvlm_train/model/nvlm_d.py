@@ -37,13 +37,16 @@ class ImageTokenMismatchError(ValueError):
     """The number of image-context tokens does not match the image embeddings provided."""
 
 
+def _image_slots(tokens: torch.Tensor, image_token_id: int, image_mask: torch.Tensor | None) -> torch.Tensor:
+    """[b, s] bool: the slots the image embeddings fill (``image_mask`` narrows them to the prompt's)."""
+    is_image = tokens == image_token_id
+    return is_image & image_mask if image_mask is not None else is_image
+
+
 def check_image_slots(tokens: torch.Tensor, num_embeds: int, image_token_id: int,
                       image_mask: torch.Tensor | None = None) -> None:
     """The image-context tokens of ``tokens`` ([b, s], on the host) are exactly ``num_embeds``."""
-    is_image = tokens == image_token_id  # [b, s]
-    if image_mask is not None:
-        is_image = is_image & image_mask
-    n_slots = int(is_image.sum())
+    n_slots = int(_image_slots(tokens, image_token_id, image_mask).sum())
     if n_slots != num_embeds:
         raise ImageTokenMismatchError(
             f"the batch has {n_slots} image-context tokens (id {image_token_id}) but the images "
@@ -68,9 +71,7 @@ def splice_image_embeddings(
         check_image_slots(tokens, image_embeds.shape[0], image_token_id, image_mask)
     if image_embeds.shape[0] == 0:
         return text_embeds
-    is_image = tokens == image_token_id  # [b, s]
-    if image_mask is not None:
-        is_image = is_image & image_mask
+    is_image = _image_slots(tokens, image_token_id, image_mask)  # [b, s]
     out = text_embeds.transpose(0, 1)  # [b, s, h]
     out = out.masked_scatter(is_image.unsqueeze(-1), image_embeds.to(out.dtype))  # row-major, no host read
     return out.transpose(0, 1).contiguous()  # [s, b, h]

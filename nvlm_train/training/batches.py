@@ -26,13 +26,14 @@ from nvlm_train.data.loader import MultimodalLoader
 from nvlm_train.data.packing import collate
 from nvlm_train.model.token_counts import TokenCounts, batch_token_counts
 from nvlm_train.runtime.broadcast import HostChannel, gloo_twin
-from nvlm_train.vision.route import batch_tiles
+from nvlm_train.vision.route import IMAGE_KEYS, batch_tiles
 
 # What each pipeline position needs (see docs/architecture.md, Contracts: Batch).
 STAGE_KEYS = ("tokens", "position_ids", "seq_boundaries", "num_samples")  # every stage (shapes, packing)
 LOSS_KEYS = ("labels", "loss_mask")  # the last stage
 IMAGE_HOST_KEYS = ("image_plans",)  # the first stage, read on the host
-IMAGE_DEVICE_KEYS = ("pixel_values", "images")  # the first stage, sent over the TP group on the device
+# The first stage, sent over the TP group on the device: every other key of the tile route's.
+IMAGE_DEVICE_KEYS = tuple(k for k in IMAGE_KEYS if k not in IMAGE_HOST_KEYS)
 BATCH_KEYS = STAGE_KEYS + LOSS_KEYS + IMAGE_HOST_KEYS + IMAGE_DEVICE_KEYS
 
 
